@@ -1,0 +1,54 @@
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CHARS = "春花秋月夜风山水云雨江天人日明白"
+
+
+def couplets(n, seed=0):
+    """n lines of the corpus' form: five characters, '，', five characters, '。'."""
+    rng = random.Random(seed)
+    clause = lambda: "".join(rng.choice(CHARS) for _ in range(5))  # noqa: E731
+    return "".join(f"{clause()}，{clause()}。\n" for _ in range(n))
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+    path = tmp_path / "toy.txt"
+    path.write_text(couplets(600), encoding="utf-8")
+    return str(path)
+
+
+def run_script(script, *args, check=True, cwd=ROOT):
+    """Runs an entry point as a user would; returns the CompletedProcess."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+TINY_MODEL = ["--lstm_size", 32, "--embedding_size", 16, "--batch_size", 8, "--seq_length", 16]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A toy run trained once through train.py, shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("run")
+    corpus = root / "toy.txt"
+    corpus.write_text(couplets(600), encoding="utf-8")
+    run_dir = root / "ckpt"
+    run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, "--max_steps", 150, *TINY_MODEL,
+               "--learning_rate", 0.01, "--eval_every", 50, "--save_every_n", 100)
+    return str(run_dir), str(corpus)

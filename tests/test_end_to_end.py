@@ -1,0 +1,90 @@
+import json
+import math
+import os
+import re
+
+import tensorflow as tf
+
+from conftest import TINY_MODEL, run_script
+
+
+def files_of(directory):
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, name))}
+
+
+def test_run_directory_holds_config_vocab_checkpoints_and_logs(trained_run):
+    run_dir, corpus = trained_run
+    config = json.load(open(os.path.join(run_dir, "config.json"), encoding="utf-8"))
+    vocab = json.load(open(os.path.join(run_dir, "vocab.json"), encoding="utf-8"))
+    assert config["model"]["lstm_size"] == 32 and config["training"]["batch_size"] == 8
+    assert config["model"]["vocab_size"] == len(vocab["chars"])
+    assert config["corpus"]["path"] == os.path.abspath(corpus)
+    assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-150")
+    assert os.listdir(os.path.join(run_dir, "logs", "train")) and os.listdir(os.path.join(run_dir, "logs", "validation"))
+
+
+def test_sample_needs_no_model_flags_and_starts_with_the_prompt(trained_run):
+    result = run_script("sample.py", "--checkpoint_dir", trained_run[0], "--start_string", "春", "--num_samples", 2)
+    samples = result.stdout.strip().split("\n\n")
+    assert len(samples) == 2
+    for sample in samples:
+        assert sample.startswith("春") and len(sample) > 10
+        assert "<unk>" not in sample
+
+
+def test_sample_learns_the_couplet_form(trained_run):
+    """150 steps on a toy corpus of couplets are enough for the line structure."""
+    result = run_script("sample.py", "--checkpoint_dir", trained_run[0], "--num_samples", 8, "--max_lines", 4)
+    lines = [line for line in result.stdout.splitlines() if line]
+    well_formed = [re.fullmatch(r"[^，。]{5}，[^，。]{5}。", line) is not None for line in lines]
+    assert len(lines) == 32 and sum(well_formed) >= 0.8 * len(lines), lines
+
+
+def test_evaluate_gives_a_finite_loss_better_than_uniform(trained_run):
+    run_dir, corpus = trained_run
+    result = run_script("evaluate.py", "--checkpoint_dir", run_dir, "--input", corpus)
+    nats = float(re.search(r"loss: ([\d.]+) nats/char", result.stdout).group(1))
+    bits = float(re.search(r"bits per character: ([\d.]+)", result.stdout).group(1))
+    vocab_size = len(json.load(open(os.path.join(run_dir, "vocab.json"), encoding="utf-8"))["chars"])
+    assert math.isfinite(nats) and nats < math.log(vocab_size)
+    assert abs(bits - nats / math.log(2)) < 1e-3
+
+
+def test_training_again_resumes_and_adds_steps(toy_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["--input", toy_corpus, "--checkpoint_dir", run_dir, *TINY_MODEL]
+    run_script("train.py", *common, "--max_steps", 20)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir)))
+    weights_at_20 = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "weights" in k}
+    result = run_script("train.py", *common, "--max_steps", 35)
+    assert "resumed from" in result.stderr and "at step 20" in result.stderr
+    latest = tf.train.latest_checkpoint(str(run_dir))
+    assert latest.endswith("ckpt-35")
+    reader = tf.train.load_checkpoint(latest)
+    iterations = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
+    assert iterations and reader.get_tensor(iterations[0]) == 35
+    assert any((reader.get_tensor(k) != v).any() for k, v in weights_at_20.items())
+
+
+def test_resuming_with_other_model_flags_is_refused_and_changes_nothing(toy_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--max_steps", 5)
+    before = files_of(run_dir)
+    result = run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", run_dir, "--lstm_size", 64, check=False)
+    assert result.returncode != 0
+    assert "--lstm_size=64 differs from the saved run's 32" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert files_of(run_dir) == before
+
+
+def test_the_original_projects_commands_run(toy_corpus, tmp_path):
+    run_script("train.py", "--input_file", toy_corpus, "--use_embedding", "--num_steps", 16, "--num_seqs", 8,
+               "--lstm_size", 32, "--embedding_size", 16, "--learning_rate", 0.005, "--max_steps", 10,
+               "--train_keep_prob", 0.8, "--name", "poetry", cwd=tmp_path)
+    config = json.load(open(tmp_path / "checkpoints" / "poetry" / "config.json", encoding="utf-8"))
+    assert config["training"]["seq_length"] == 16 and config["training"]["batch_size"] == 8
+    assert abs(config["model"]["dropout"] - 0.2) < 1e-9
+    result = run_script("sample.py", "--use_embedding", "--converter_path", "model/poetry/converter.pkl",
+                        "--checkpoint_path", "checkpoints/poetry", "--max_length", 30, cwd=tmp_path)
+    assert len(result.stdout.strip()) > 0

@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+
+import read_utils
+from read_utils import InputError, StreamReader, Vocab
+
+
+def test_vocab_is_most_frequent_first_with_unknown_at_zero():
+    vocab = Vocab.build("aaabbc\n")
+    assert vocab.chars == [read_utils.UNKNOWN, "a", "b", "\n", "c"]
+    assert vocab.encode("abcz").tolist() == [1, 2, 4, 0]
+
+
+def test_vocab_cap_keeps_the_most_frequent():
+    vocab = Vocab.build("aaaabbbcc d", max_vocab=3)
+    assert vocab.chars == [read_utils.UNKNOWN, "a", "b"]
+    assert vocab.encode("abcd").tolist() == [1, 2, 0, 0]
+
+
+def test_vocab_json_round_trip(tmp_path):
+    text = "春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。\n"
+    vocab = Vocab.build(text)
+    path = tmp_path / "vocab.json"
+    vocab.save(str(path))
+    on_disk = json.loads(path.read_text(encoding="utf-8"))
+    assert on_disk["chars"][0] == read_utils.UNKNOWN and "春" in on_disk["chars"]
+    loaded = Vocab.load(str(path))
+    assert loaded.chars == vocab.chars
+    assert loaded.decode(loaded.encode(text)) == text
+
+
+def test_encoding_is_compact_and_exact_for_a_large_alphabet():
+    rng = np.random.default_rng(0)
+    text = "".join(chr(c) for c in rng.integers(0x4E00, 0x4E00 + 3000, 200_000))
+    vocab = Vocab.build(text)
+    ids = vocab.encode(text)
+    assert ids.dtype == np.uint16
+    assert vocab.decode(ids) == text
+
+
+def test_decode_skips_the_unknown_token():
+    vocab = Vocab.build("ab")
+    assert vocab.decode([1, 0, 2]) == "ab"
+
+
+def test_split_holds_out_every_twentieth_line():
+    text = "".join(f"line{i}\n" for i in range(1, 101))
+    train, val = read_utils.split_lines(text, 0.05)
+    assert val == "line20\nline40\nline60\nline80\nline100\n"
+    assert len(train.splitlines()) == 95 and "line20\n" not in train and "line19\n" in train
+
+
+def test_split_fraction_is_respected():
+    text = "".join(f"{i}\n" for i in range(1000))
+    _, val = read_utils.split_lines(text, 0.1)
+    assert len(val.splitlines()) == 100
+
+
+def test_reader_windows_continue_and_targets_are_next_characters():
+    ids = np.arange(1000, dtype=np.uint16)
+    reader = StreamReader(ids, batch_size=4, seq_length=10)
+    stream_length = 999 // 4
+    assert reader.windows_per_epoch == stream_length // 10
+    x0, y0, first = reader.window(0)
+    x1, y1, _ = reader.window(1)
+    assert first
+    # Row i of window 1 continues row i of window 0; each stream is a contiguous slice of the text.
+    assert (x1[:, 0] == x0[:, -1] + 1).all()
+    assert (x0[:, 0] == np.arange(4) * stream_length).all()
+    # Targets are the next character, including the window's last (no wrap-around to its start).
+    assert (y0 == x0 + 1).all() and (y1 == x1 + 1).all()
+
+
+def test_reader_wraps_to_a_new_epoch_and_flags_it():
+    reader = StreamReader(np.arange(500, dtype=np.uint16), batch_size=2, seq_length=10)
+    w = reader.windows_per_epoch
+    x_again, _, starts = reader.window(w)
+    assert starts and (x_again == reader.window(0)[0]).all()
+    assert not reader.window(w + 1)[2]
+
+
+def test_dataset_serves_the_same_windows_from_any_start():
+    reader = StreamReader(np.arange(2000, dtype=np.uint16), batch_size=4, seq_length=7)
+    served = list(reader.dataset(5, 5 + reader.windows_per_epoch + 2))
+    for offset, (x, y, starts) in enumerate(served):
+        ex, ey, es = reader.window(5 + offset)
+        assert (x.numpy() == ex).all() and (y.numpy() == ey).all() and bool(starts) == es
+
+
+def test_corpus_shorter_than_one_batch_is_an_input_error():
+    with pytest.raises(InputError, match="fewer than one batch"):
+        StreamReader(np.arange(100, dtype=np.uint16), batch_size=64, seq_length=64)
+
+
+def test_eval_windows_score_every_character_once():
+    ids = np.arange(10001, dtype=np.int32)
+    windows = read_utils.EvalWindows(ids, num_streams=4, seq_length=64)
+    targets = np.concatenate([y.ravel() for _, y in windows])
+    assert windows.num_streams == 4
+    assert len(targets) == windows.num_targets == 10000
+    assert sorted(targets.tolist()) == list(range(1, 10001))
+    assert read_utils.EvalWindows(ids[:1500], num_streams=4, seq_length=64).num_streams == 1
+
+
+def test_read_text_normalises_bom_and_windows_line_ends(tmp_path):
+    path = tmp_path / "win.txt"
+    path.write_bytes("\ufeff春眠不觉晓，\r\n处处闻啼鸟。\r\n".encode("utf-8"))
+    assert read_utils.read_text(str(path)) == "春眠不觉晓，\n处处闻啼鸟。\n"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "PNG image"),
+        (b"\x1f\x8b\x08\x00\x00", "gzip"),
+        ("春眠不觉晓，处处闻啼鸟。".encode("gbk"), "GBK"),
+    ],
+)
+def test_read_text_rejects_bad_files_with_a_clear_message(tmp_path, content, message):
+    path = tmp_path / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_utils.read_text(str(path))
+
+
+def test_read_text_rejects_a_directory(tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        read_utils.read_text(str(tmp_path))

@@ -1,0 +1,281 @@
+"""Trains a character-level LSTM on a UTF-8 text file.
+
+    python train.py                          # the Tang poetry corpus, default recipe (~10 min on 2 cores)
+    python train.py --input my.txt --name my # any UTF-8 text
+    tensorboard --logdir checkpoints         # watch it learn
+
+Running it again with the same --name resumes from the latest checkpoint.
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
+
+import cli
+import model as model_lib
+import read_utils
+
+# Flags first, as in every absl app. Defaults are the recipe measured in the README.
+flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the Tang poetry corpus in data/)")
+flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
+flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
+flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
+flags.DEFINE_integer("max_steps", 2000, "total training steps (one window of every stream each)", lower_bound=1)
+flags.DEFINE_integer("batch_size", 64, "parallel streams per batch", lower_bound=1)
+flags.DEFINE_integer("seq_length", 64, "characters per window (truncated backprop length)", lower_bound=1)
+flags.DEFINE_integer("lstm_size", 128, "units in each LSTM layer", lower_bound=1)
+flags.DEFINE_integer("num_layers", 2, "stacked LSTM layers", lower_bound=1)
+flags.DEFINE_integer("embedding_size", 128, "character embedding width", lower_bound=1)
+flags.DEFINE_boolean("use_embedding", True, "learn an embedding; false feeds one-hot vectors (small alphabets)")
+flags.DEFINE_float("dropout", 0.1, "dropout after each LSTM layer, in [0, 1)")
+flags.DEFINE_float("learning_rate", 0.005, "peak Adam learning rate", lower_bound=0)
+flags.DEFINE_integer("warmup_steps", 50, "steps of linear learning-rate warmup", lower_bound=0)
+flags.DEFINE_float("min_lr_fraction", 0.05, "cosine decay ends at this fraction of the peak rate", lower_bound=0, upper_bound=1)
+flags.DEFINE_float("grad_clip", 5.0, "clip gradients to this global norm", lower_bound=0)
+flags.DEFINE_integer("max_vocab", 0, "keep only the most frequent characters (0: keep all)", lower_bound=0)
+flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]", lower_bound=0, upper_bound=0.5)
+flags.DEFINE_integer("eval_every", 500, "validate every this many steps (and at the end)", lower_bound=1)
+flags.DEFINE_integer("save_every_n", 500, "checkpoint every this many steps (and at the end)", lower_bound=1)
+flags.DEFINE_integer("log_every_n", 100, "log training loss every this many steps", lower_bound=1)
+flags.DEFINE_integer("max_to_keep", 3, "checkpoints kept on disk", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "random seed for initialisation and dropout")
+# The original project's flag names, so its README commands run unchanged.
+flags.DEFINE_alias("input_file", "input")
+flags.DEFINE_alias("num_seqs", "batch_size")
+flags.DEFINE_alias("num_steps", "seq_length")
+flags.DEFINE_float("train_keep_prob", None, "original name: keep probability, i.e. 1 - --dropout")
+flags.register_validator("dropout", lambda v: 0 <= v < 1, "--dropout must be in [0, 1)")
+flags.register_validator("train_keep_prob", lambda v: v is None or 0 < v <= 1, "--train_keep_prob must be in (0, 1]")
+FLAGS = flags.FLAGS
+
+# Flags that fix the model's shape or the reader's layout: a resumed run must keep them.
+MODEL_FLAGS = ("lstm_size", "num_layers", "embedding_size", "use_embedding", "dropout")
+READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "val_fraction")
+CONFIG_FORMAT = 1
+
+
+class Stop(Exception):
+    """SIGTERM: stop like Ctrl-C, saving a checkpoint first."""
+
+
+def main(argv):
+    del argv
+    cli.quiet_library_info()
+    try:
+        train()
+    except read_utils.InputError as e:
+        cli.fail(e)
+
+
+def train():
+    if FLAGS.train_keep_prob is not None:
+        FLAGS.dropout = 1.0 - FLAGS.train_keep_prob
+    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
+    config_path = os.path.join(checkpoint_dir, "config.json")
+    vocab_path = os.path.join(checkpoint_dir, "vocab.json")
+    saved, saved_vocab = load_saved_run(config_path, vocab_path)
+    settings = resolve_settings(saved)
+    corpus = FLAGS.input or read_utils.default_corpus_path()
+    vocab, train_ids, val_ids = load_corpus(corpus, settings, saved_vocab)
+    reader = read_utils.StreamReader(train_ids, settings["batch_size"], settings["seq_length"])
+    config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: settings[k] for k in MODEL_FLAGS})
+    logging.info(
+        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch",
+        corpus, f"{len(train_ids):,}", f"{len(val_ids):,}", len(vocab), reader.windows_per_epoch,
+    )
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    net = model_lib.build_model(config, settings["batch_size"])
+    optimizer = make_optimizer()
+    optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
+    # optimizer.iterations is the step and, one window per step, the reader position too.
+    checkpoint = model_lib.weights_checkpoint(net, optimizer=optimizer, lstm_states=model_lib.lstm_states(net))
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=FLAGS.max_to_keep)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
+    else:
+        model_lib.init_output_bias(net, train_ids)
+    if saved and saved.get("corpus", {}).get("sha256") != read_utils.sha256_of(corpus):
+        logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
+    vocab.save(vocab_path)
+    read_utils.write_json_atomic(config_path, run_config(config, settings, corpus))
+
+    evaluator = None
+    if len(val_ids) > 1:
+        evaluator = model_lib.Evaluator(config, read_utils.EvalWindows(val_ids, 16, settings["seq_length"]))
+    logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
+    run_training(net, optimizer, reader, evaluator, manager, logdir)
+
+
+def load_corpus(corpus, settings, saved_vocab):
+    """(vocab, training ids, validation ids); a resumed run keeps its saved vocabulary."""
+    text = read_utils.read_text(corpus)
+    train_text, val_text = read_utils.split_lines(text, settings["val_fraction"])
+    vocab = saved_vocab or read_utils.Vocab.build(train_text, settings["max_vocab"])
+    unseen = vocab.unknown_chars(train_text) if saved_vocab and not settings["max_vocab"] else []
+    if unseen:
+        raise read_utils.InputError(
+            f"{corpus} has {len(unseen)} characters that the run's saved vocabulary lacks "
+            f"(e.g. {''.join(unseen[:10])!r}); train on it under a new --name"
+        )
+    return vocab, vocab.encode(train_text), vocab.encode(val_text)
+
+
+def make_optimizer():
+    """Adam with a short linear warmup, then cosine decay to min_lr_fraction at max_steps."""
+    warmup = min(FLAGS.warmup_steps, FLAGS.max_steps - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=FLAGS.learning_rate * (0.1 if warmup else 1.0),
+        decay_steps=FLAGS.max_steps - warmup,
+        alpha=FLAGS.min_lr_fraction,
+        warmup_target=FLAGS.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def run_config(config, settings, corpus):
+    """config.json: what sample.py and evaluate.py need, and what a resumed run must keep."""
+    training = {k: settings[k] for k in READER_FLAGS}
+    for key in ("max_steps", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed"):
+        training[key] = FLAGS[key].value
+    return {
+        "format": CONFIG_FORMAT,
+        "model": config.to_json(),
+        "training": training,
+        "corpus": {"path": os.path.abspath(corpus), "sha256": read_utils.sha256_of(corpus)},
+    }
+
+
+def run_training(net, optimizer, reader, evaluator, manager, logdir):
+    """The loop: train, log, validate, checkpoint; Ctrl-C or SIGTERM saves and stops."""
+    train_step = make_train_step(net, optimizer, FLAGS.grad_clip)
+    writers = {
+        "train": tf.summary.create_file_writer(os.path.join(logdir, "train")),
+        "validation": tf.summary.create_file_writer(os.path.join(logdir, "validation")),
+    }
+    start = int(optimizer.iterations)
+    if start >= FLAGS.max_steps:
+        logging.info("already at step %d of --max_steps %d; raise --max_steps to train more", start, FLAGS.max_steps)
+    progbar = keras.utils.Progbar(FLAGS.max_steps, stateful_metrics=["loss", "chars/s", "val_loss"])
+    progbar.update(start)
+    chars_per_step = reader.batch_size * reader.seq_length
+    tick, tick_step = time.perf_counter(), start
+    signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        for x, y, starts_epoch in reader.dataset(start, FLAGS.max_steps):
+            loss, grad_norm = train_step(x, y, starts_epoch)
+            step, loss = int(optimizer.iterations), float(loss)
+            if not math.isfinite(loss):
+                cli.fail(
+                    f"the training loss became {loss} at step {step}; stopped without saving, so the last "
+                    f"good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
+                )
+            values = [("loss", loss)]
+            if step % FLAGS.log_every_n == 0 or step == FLAGS.max_steps:
+                now = time.perf_counter()
+                speed = (step - tick_step) * chars_per_step / (now - tick)
+                tick, tick_step = now, step
+                values.append(("chars/s", speed))
+                with writers["train"].as_default(step=step):
+                    tf.summary.scalar("loss", loss)
+                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                    tf.summary.scalar("grad_norm", float(grad_norm))
+                    tf.summary.scalar("chars_per_second", speed)
+            if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
+                val_loss = evaluator.loss(net)
+                values.append(("val_loss", val_loss))
+                with writers["validation"].as_default(step=step):
+                    tf.summary.scalar("loss", val_loss)
+                    tf.summary.scalar("bits_per_char", val_loss / math.log(2))
+                    tf.summary.scalar("perplexity", math.exp(val_loss))
+                logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
+                tick = time.perf_counter()  # validation time is not training speed
+            if step % FLAGS.save_every_n == 0:
+                manager.save(checkpoint_number=step)
+            progbar.update(step, values)
+    except (KeyboardInterrupt, Stop):
+        print(file=sys.stderr)
+        logging.info("interrupted at step %d: saving a checkpoint", int(optimizer.iterations))
+    finally:
+        for writer in writers.values():
+            writer.flush()
+    step = int(optimizer.iterations)
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+        manager.save(checkpoint_number=step)
+    logging.info("checkpoint %s", manager.latest_checkpoint)
+
+
+def raise_stop(signum, frame):
+    raise Stop()
+
+
+def load_saved_run(config_path, vocab_path):
+    """(config.json contents, Vocab) of the run being resumed, or (None, None) for a new run.
+
+    A damaged file is an error rather than a reason to start over and overwrite the run.
+    """
+    if not os.path.exists(config_path):
+        return None, None
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        saved["model"] | saved["training"]  # both sections must be there
+        return saved, read_utils.Vocab.load(vocab_path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise read_utils.InputError(
+            f"cannot resume from {os.path.dirname(config_path)}: config.json or vocab.json is unreadable "
+            f"({type(e).__name__}: {e}); restore the files or train under a new --name"
+        ) from None
+
+
+def resolve_settings(saved):
+    """Model and reader settings: the flags for a new run; for a resumed one, the saved values.
+
+    A flag given explicitly that contradicts the saved run is an error rather than a silent restart.
+    """
+    settings = {k: FLAGS[k].value for k in MODEL_FLAGS + READER_FLAGS}
+    if not saved:
+        return settings
+    previous = saved["model"] | saved["training"]
+    explicit = {k for k in settings if FLAGS[k].present}
+    if FLAGS["train_keep_prob"].present:
+        explicit.add("dropout")
+    for key in settings:
+        if key in previous:
+            if key in explicit and previous[key] != settings[key]:
+                raise read_utils.InputError(
+                    f"--{key}={settings[key]} differs from the saved run's {previous[key]}; "
+                    "drop the flag to resume, or start a new run with another --name"
+                )
+            settings[key] = previous[key]
+    return settings
+
+
+def make_train_step(net, optimizer, grad_clip):
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def train_step(x, y, starts_epoch):
+        if starts_epoch:  # the streams start over, so the carried state would be from their end
+            model_lib.reset_states(net)
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, net.trainable_variables)
+        grads, grad_norm = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"))
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss, grad_norm
+
+    return train_step
+
+
+if __name__ == "__main__":
+    app.run(main)
