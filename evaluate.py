@@ -1,8 +1,11 @@
-"""Loss of a trained run on a text file: nats per character, bits per character, perplexity.
+"""Loss of a trained run on a text file (nats and bits per character, perplexity), and the poem
+metrics of poems sampled from it.
 
     python evaluate.py --name default --input data/poetry_val.txt
+    python evaluate.py --name default --num_samples 64
 """
 
+import json
 import math
 import os
 
@@ -11,6 +14,8 @@ from absl import app, flags
 import cli
 import generator
 import model as model_lib
+import monitor
+import poem_metrics
 import read_utils
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
@@ -18,7 +23,14 @@ flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (
 flags.DEFINE_string("input", None, "UTF-8 text file to score")
 flags.DEFINE_integer("seq_length", 256, "characters per evaluation window", lower_bound=1)
 flags.DEFINE_integer("num_streams", 16, "parallel streams the file is cut into", lower_bound=1)
-flags.mark_flag_as_required("input")
+flags.DEFINE_integer("num_samples", 0, "sample this many poems and print their poem metrics", lower_bound=0)
+flags.DEFINE_float("temperature", 0.8, "sampling temperature of those poems", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "random seed of those poems")
+flags.register_multi_flags_validator(
+    ["input", "num_samples"],
+    lambda values: values["input"] is not None or values["num_samples"] > 0,
+    "give --input FILE to score, --num_samples N to judge sampled poems, or both",
+)
 FLAGS = flags.FLAGS
 
 
@@ -28,20 +40,61 @@ def main(argv):
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
     try:
         config, vocab, path = generator.load_run(checkpoint_dir)
-        text = read_utils.read_text(FLAGS.input)
-        ids = vocab.encode(text)
-        windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
-        evaluator = model_lib.Evaluator(config, windows)
-        generator.restore_weights(evaluator.model, path)
+        print(f"checkpoint: {path}")
+        if FLAGS.input:
+            report_loss(config, vocab, path)
+        if FLAGS.num_samples:
+            report_poems(checkpoint_dir, config, vocab, path)
     except read_utils.InputError as e:
         cli.fail(e)
+
+
+def report_loss(config, vocab, path):
+    text = read_utils.read_text(FLAGS.input)
+    ids = vocab.encode(text)
+    windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
+    evaluator = model_lib.Evaluator(config, windows)
+    generator.restore_weights(evaluator.model, path)
     unknown = int((ids == 0).sum())
     loss = evaluator.loss()
-    print(f"checkpoint: {path}")
     print(f"characters scored: {windows.num_targets:,} ({unknown:,} outside the vocabulary)")
     print(f"loss: {loss:.4f} nats/char")
     print(f"bits per character: {loss / math.log(2):.4f}")
     print(f"perplexity: {math.exp(loss):.2f}")
+
+
+def report_poems(checkpoint_dir, config, vocab, path):
+    """The poem metrics of --num_samples poems, sampled as training samples them for TensorBoard."""
+    sampler = monitor.PoemSampler(config, vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed)
+    poems = sampler.sample(path)
+    train_text, missing = training_text(checkpoint_dir)
+    if train_text is None:
+        print(f"copy rate skipped: {missing}; well-formed is judged in the form most samples take")
+        form = poem_metrics.dominant_clause_length(poem_metrics.lines_of(poems), min_share=0)
+        scorer = poem_metrics.PoemScorer(form)
+    else:
+        scorer = poem_metrics.PoemScorer.from_training_text(train_text)
+    print(f"poems sampled: {len(poems)} of {sampler.LINES} lines, temperature {FLAGS.temperature:g}, seed {FLAGS.seed}")
+    labels = {
+        "well_formed": f"well-formed lines ({scorer.clause_length}-character couplets)",
+        "copy_rate": "clauses copied from the training text",
+        "distinct_bigrams": "distinct character bigrams",
+    }
+    for name, value in scorer.score(poems).items():
+        print(f"{labels[name]}: {value:.1%}")
+
+
+def training_text(checkpoint_dir):
+    """(the training part of the run's corpus, None), or (None, why it is unavailable)."""
+    with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    path, sha256 = record["corpus"]["path"], record["corpus"]["sha256"]
+    if not os.path.isfile(path):
+        return None, f"the training corpus {path} is missing"
+    if read_utils.sha256_of(path) != sha256:
+        return None, f"the training corpus {path} has changed since training"
+    train_text, _ = read_utils.split_lines(read_utils.read_text(path), record["training"]["val_fraction"])
+    return train_text, None
 
 
 if __name__ == "__main__":

@@ -1,19 +1,30 @@
-"""Text generation from a checkpoint directory: a compiled loop over a batch of streams.
+"""Text generation from a checkpoint directory: one compiled loop over a batch of streams.
 
-The whole generation loop (prime, then sample one character per step for every stream) runs
-inside one tf.function, so Python is not involved per character.
+The trained Keras model is read into plain weight tensors and its one-character step written out
+by hand (CharStep), so the whole generation loop - LSTM steps, masks, sampling, stopping - compiles
+with XLA into one program. A loop of stock Keras cells pays TensorFlow's per-op dispatch at every
+character and tops out at a few thousand characters per second (DESIGN.md).
+
+Each stream first writes a throwaway burn-in line, then follows a plan of slots: fixed characters
+(the start string; a form's punctuation and line breaks; an acrostic's heads) and sampled ones,
+masked to what their slot allows.
 """
 
 import json
+import math
 import os
+import typing
 
 import numpy as np
 import tensorflow as tf
 
 import model as model_lib
+import poem_forms
 import read_utils
 
 NEWLINE = "\n"
+FREE, CLAUSE = 0, 1  # rows of the slot masks: any character but the banned ones; CJK ideographs only
+BLOCK = 64  # ids per block of the two-level sampler: one pass over blocks, one inside one block
 
 
 class CheckpointError(read_utils.InputError):
@@ -59,7 +70,7 @@ def restore_weights(net, path):
     """Loads trained weights into a model of any batch size; a damaged file is a CheckpointError."""
     try:
         model_lib.weights_checkpoint(net).read(path).expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:  # IndexError: a truncated data file
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"cannot load checkpoint {path} ({first_line[:200]}); the files are truncated or from "
@@ -67,33 +78,204 @@ def restore_weights(net, path):
         ) from None
 
 
-def filter_logits(logits, temperature, top_k, top_p):
-    """Logits rescaled by temperature with everything outside the top-k and the nucleus at -inf.
+# --- the model's step ----------------------------------------------------------------------------
 
-    top_k = 0 and top_p = 1 switch those filters off. The most likely token always survives.
+class CharStep(typing.NamedTuple):
+    """A trained model's one-character step over plain tensors: the Keras model's logits, fewer ops.
+
+    The embedding (or one-hot) times the first LSTM layer's input kernel, plus its bias, is
+    precomputed as a [vocab, 4*units] table, so the first layer's input is a row lookup; each
+    later layer multiplies [input, state] by its stacked [kernel; recurrent kernel] in one matmul.
+    Dropout is off, as in Keras inference. The output layer gets extra columns up to a multiple of
+    BLOCK, with bias -inf: ids that are never drawn, so the sampler views a row as blocks without
+    copying it.
+    """
+
+    table: tf.Tensor  # [vocab, 4*units]
+    recurrent: tf.Tensor  # first layer's recurrent kernel [units, 4*units]
+    stacked: tuple  # later layers' [kernel; recurrent kernel], each [2*units, 4*units]
+    biases: tuple  # later layers' biases
+    output_kernel: tf.Tensor  # [units, padded vocab]
+    output_bias: tf.Tensor  # -inf on the padding
+
+    @classmethod
+    def from_model(cls, net):
+        first, *rest = model_lib.lstm_layers(net)
+        kernel = first.cell.kernel.value
+        if any(layer.name == "embedding" for layer in net.layers):
+            kernel = tf.matmul(net.get_layer("embedding").embeddings.value, kernel)
+        dense = net.get_layer("logits")
+        padding = -dense.kernel.shape[1] % BLOCK
+        return cls(
+            table=kernel + first.cell.bias.value,
+            recurrent=tf.convert_to_tensor(first.cell.recurrent_kernel.value),
+            stacked=tuple(tf.concat([layer.cell.kernel.value, layer.cell.recurrent_kernel.value], 0) for layer in rest),
+            biases=tuple(tf.convert_to_tensor(layer.cell.bias.value) for layer in rest),
+            output_kernel=tf.pad(dense.kernel.value, [[0, 0], [0, padding]]),
+            output_bias=tf.concat([dense.bias.value, tf.fill([padding], float("-inf"))], 0),
+        )
+
+    def zero_state(self, num_streams):
+        zeros = tf.zeros([num_streams, self.recurrent.shape[0]])
+        return tuple((zeros, zeros) for _ in range(1 + len(self.stacked)))
+
+    def __call__(self, ids, state):
+        """(logits [n, padded vocab] for the next character, new state) after feeding ids [n]."""
+        (h, c), *upper = state
+        h, c = lstm_cell(tf.gather(self.table, ids) + tf.matmul(h, self.recurrent), c)
+        new_state = [(h, c)]
+        for kernel, bias, (h_own, c_own) in zip(self.stacked, self.biases, upper):
+            h, c = lstm_cell(tf.matmul(tf.concat([h, h_own], 1), kernel) + bias, c_own)
+            new_state.append((h, c))
+        return tf.matmul(h, self.output_kernel) + self.output_bias, tuple(new_state)
+
+
+def lstm_cell(z, c):
+    """Keras' LSTM update from the summed gate inputs z, gates in Keras' order i, f, c, o."""
+    i, f, g, o = tf.split(z, 4, axis=1)
+    c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c), c
+
+
+# --- decoding --------------------------------------------------------------------------------------
+# Measured under XLA on this CPU: sorting one 3,500-entry row takes ~0.8 ms, more than a whole
+# step of the small model, and argmax and per-entry random numbers (Gumbel-max) cost several
+# times a pass of exp. So nothing here sorts, and a sampled character costs one exp per id.
+
+def order_keys(x):
+    """int32 keys that order like the floats x (-inf lowest), for exact bisection on values."""
+    bits = tf.bitcast(x, tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, 0x7FFFFFFF), bits)
+
+
+def largest_threshold(keys, holds):
+    """Per row, the largest key t for which holds(t) is true (holds falls from true to false as t grows).
+
+    32 halvings of the int32 range pin it exactly; keys are int64 here so the midpoints cannot overflow.
+    """
+    lo = tf.fill(tf.shape(keys)[:1], tf.constant(-(2**31), tf.int64))  # holds: every key is >= it
+    hi = lo + 2**32  # above every key, where holds is false
+    for _ in range(32):
+        mid = (lo + hi) // 2
+        ok = holds(mid[:, None])
+        lo, hi = tf.where(ok, mid, lo), tf.where(ok, hi, mid)
+    return lo
+
+
+def filter_logits(logits, temperature, top_k=None, top_p=None):
+    """Logits divided by temperature, with everything outside the top-k and the nucleus at -inf.
+
+    top_k / top_p None switch those filters off. The nucleus is the smallest set of most likely ids
+    whose probability reaches top_p (ties at its edge included); it is taken after top-k, so from
+    the top-k ids renormalised. The most likely id always survives.
     """
     logits = logits / tf.maximum(temperature, 1e-6)
+    if top_k is None and top_p is None:
+        return logits
     neg_inf = tf.fill(tf.shape(logits), float("-inf"))
-    if top_k > 0:
-        kth = tf.math.top_k(logits, k=top_k).values[:, -1:]
-        logits = tf.where(logits < kth, neg_inf, logits)
-    if top_p < 1.0:
-        sorted_logits = tf.sort(logits, direction="DESCENDING")
-        probs = tf.nn.softmax(sorted_logits)
-        mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
-        # The nucleus: the smallest prefix whose mass reaches top_p; its last logit is the cut.
-        in_nucleus = mass_before < top_p
-        cut = tf.reduce_min(tf.where(in_nucleus, sorted_logits, sorted_logits[:, :1]), axis=-1, keepdims=True)
-        logits = tf.where(logits < cut, neg_inf, logits)
+    keys = tf.cast(order_keys(logits), tf.int64)
+    if top_k is not None:
+        kth = largest_threshold(keys, lambda t: tf.reduce_sum(tf.cast(keys >= t, tf.int32), -1) >= top_k)
+        logits = tf.where(keys >= kth[:, None], logits, neg_inf)
+    if top_p is not None:
+        probs = tf.exp(logits - tf.reduce_max(logits, -1, keepdims=True))
+        mass = top_p * tf.reduce_sum(probs, -1)
+        cut = largest_threshold(keys, lambda t: tf.reduce_sum(tf.where(keys >= t, probs, 0.0), -1) >= mass)
+        logits = tf.where(keys >= cut[:, None], logits, neg_inf)
     return logits
 
 
-def choose(logits, temperature, top_k, top_p, seed):
-    """One id per row: greedy when temperature is 0, otherwise sampled from the filtered logits."""
-    if temperature == 0:
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)
-    filtered = filter_logits(logits, temperature, top_k, top_p)
-    return tf.random.stateless_categorical(filtered, 1, seed=seed, dtype=tf.int32)[:, 0]
+def greedy(logits):
+    """Per row, the first id of the highest logit."""
+    return first_true(logits >= tf.reduce_max(logits, -1, keepdims=True))
+
+
+def first_true(condition):
+    size = condition.shape[-1]
+    return tf.reduce_min(tf.where(condition, tf.range(size), size), -1)
+
+
+def sample(logits, uniform):
+    """One id per row drawn from softmax(logits), given one uniform number in [0, 1) per row.
+
+    Inverse-CDF sampling in two levels over a width that is a multiple of BLOCK: a block by the
+    blocks' masses, then an id inside it, so only one pass of exp touches the whole row. Ids with
+    logit -inf (masked or filtered out) are never drawn: a block without mass is never picked, and
+    inside a block only finite logits are.
+    """
+    grid = tf.reshape(logits, [tf.shape(logits)[0], -1, BLOCK])
+    top = tf.reduce_max(logits, -1)
+    block_mass = tf.reduce_sum(tf.exp(grid - top[:, None, None]), -1)
+    target = uniform * tf.reduce_sum(block_mass, -1)
+    block, mass_before = pick(block_mass, block_mass > 0, target)
+    inner = tf.gather(grid, block, batch_dims=1)
+    within, _ = pick(tf.exp(inner - top[:, None]), inner > float("-inf"), target - mass_before)
+    return block * BLOCK + within
+
+
+def pick(mass, allowed, target):
+    """(index, mass before it) per row: the entry where the running sum of mass passes target.
+
+    Rounding can put target at or past an edge; then the nearest allowed entry at or before that
+    index is taken (or the first allowed one), never an entry that is not allowed.
+    """
+    size = mass.shape[-1]
+    cumulative = tf.cumsum(mass, -1)
+    index = tf.reduce_sum(tf.cast(cumulative <= target[:, None], tf.int32), -1)
+    positions = tf.range(size)
+    at_or_before = tf.reduce_max(tf.where(allowed & (positions <= index[:, None]), positions, -1), -1)
+    index = tf.where(at_or_before >= 0, at_or_before, first_true(allowed))
+    return index, tf.gather(cumulative - mass, index, batch_dims=1)
+
+
+def choose(logits, uniform, temperature, top_k, top_p):
+    """Greedy when temperature is None, otherwise sampled from the filtered logits."""
+    if temperature is None:
+        return greedy(logits)
+    return sample(filter_logits(logits, temperature, top_k, top_p), uniform)
+
+
+# --- the compiled loop -----------------------------------------------------------------------------
+
+@tf.function(jit_compile=True)
+def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in,
+                    temperature, top_k, top_p):
+    """(ids [n, steps], first kept step [n], kept characters [n]) of n streams.
+
+    A stream samples freely from the zero state until its first line break (or burn_in steps);
+    from the next character on it is kept: kept character k is forced[k] where that is >= 0, else
+    sampled under masks[classes[k]]. It stops after `length` kept characters or `max_lines` line
+    breaks (0: no line limit). temperature, top_k, top_p as in choose(). Module-level, so every
+    generator of the same shapes and decoding shares one compiled program.
+    """
+    steps, n = uniforms.shape
+    last_slot = forced.shape[0] - 1  # the plan's padding entry: free, nothing forced
+    logits, state = step(tf.fill([n], newline), step.zero_state(n))
+    out = tf.TensorArray(tf.int32, size=steps, element_shape=[n])
+    started = tf.fill([n], burn_in == 0)
+    first = tf.zeros([n], tf.int32)
+    kept = tf.zeros([n], tf.int32)
+    lines = tf.zeros([n], tf.int32)
+    done = tf.zeros([n], tf.bool)
+    t = tf.constant(0)
+    while t < steps and not tf.reduce_all(done):
+        slot = tf.minimum(kept, last_slot)
+        fixed = tf.where(started, tf.gather(forced, slot), -1)
+        mask = tf.gather(masks, tf.where(started, tf.gather(classes, slot), FREE))
+        sampled = choose(logits + mask, uniforms[t], temperature, top_k, top_p)
+        next_ids = tf.where(fixed >= 0, fixed, sampled)
+        out = out.write(t, next_ids)
+        is_newline = tf.equal(next_ids, newline)
+        keeping = started & ~done
+        kept += tf.cast(keeping, tf.int32)
+        lines += tf.cast(keeping & is_newline, tf.int32)
+        done |= keeping & ((kept >= length) | ((max_lines > 0) & (lines >= max_lines)))
+        starting = ~started & (is_newline | (t + 1 >= burn_in))
+        first = tf.where(starting, t + 1, first)
+        started |= starting
+        logits, state = step(next_ids, state)
+        t += 1
+    return tf.transpose(out.stack()), first, kept
 
 
 class Generator:
@@ -101,66 +283,126 @@ class Generator:
 
     A stream first writes one throwaway line (the burn-in): a model trained on long streams
     rarely saw the all-zero state it starts from, and its first line from there is often
-    malformed. From the burn-in's line break on, the stream is at a natural line start: the
-    prompt is forced in, then the text is sampled and kept.
+    malformed. From the burn-in's line break on, the stream is at a natural line start and
+    follows its plan (see generate).
     """
 
     BURN_IN_LIMIT = 100  # a stream that writes no line break by then starts anyway
 
     def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned=""):
+        check_seen(vocab, {"--ban": banned})
+        net = model_lib.build_model(config, 1)  # the weights do not depend on the batch size
+        restore_weights(net, checkpoint_path)
+        self.step = CharStep.from_model(net)
         self.vocab = vocab
         self.num_streams = num_streams
-        self.model = model_lib.build_model(config, num_streams)
-        restore_weights(self.model, checkpoint_path)
-        mask = np.zeros(len(vocab), np.float32)
-        mask[0] = -np.inf  # the unknown-character token is never produced
-        for char in banned:
-            mask[vocab.id_of(char)] = -np.inf
-        self.mask = tf.constant(mask)
+        self.banned = set(banned)
+        self.masks = tf.constant(slot_masks(vocab, self.banned, width=self.step.output_bias.shape[0]))
+        if not np.isfinite(self.masks[FREE].numpy()).any():
+            raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
-        self.burn_in_limit = self.BURN_IN_LIMIT if self.newline else 0
-        self._loop = tf.function(self._generate)
+        self.burn_in = self.BURN_IN_LIMIT if self.newline else 0
 
-    def generate(self, prompt, max_length, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0):
-        """num_streams texts that begin with prompt (all of whose characters are in the vocabulary).
+    def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 form=None, acrostic=""):
+        """num_streams texts that begin with prompt; the same seed gives the same texts.
 
-        Each stops after max_lines line breaks (0: no limit) or max_length characters.
+        Free text stops after max_lines line breaks (0: no limit) or max_length characters, cut
+        back to its last whole line. With a form (a name in poem_forms.FORM_NAMES) or an acrostic,
+        each text is one poem of that form, whose clause k begins with acrostic[k]; an acrostic
+        alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
+        do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
         """
-        # One padding entry so that an empty prompt still gives a tensor to gather from.
-        forced = np.append(self.vocab.encode(prompt), 0).astype(np.int32)
-        ids, kept = self._loop(
+        check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic})
+        poem = bool(form or acrostic)
+        if poem:
+            form = poem_forms.find_form(form) if form else poem_forms.form_for_acrostic(acrostic)
+            slots = poem_forms.template(form, acrostic, prompt)
+            length, max_lines = len(slots), 0
+        else:
+            slots, length = list(prompt), max(max_length, len(prompt))
+        room = bucket(length)  # few distinct shapes, so few compilations
+        forced, classes = self.plan_arrays(slots, room)
+        steps = self.burn_in + room
+        ids, first, kept = generation_loop(
+            self.step,
+            self.masks,
             tf.constant(forced),
-            tf.constant(len(prompt), tf.int32),
-            tf.constant(max_length, tf.int32),
-            tf.constant(max_lines, tf.int32),
-            tf.constant(float(temperature)),
-            tf.constant(int(top_k), tf.int32),
-            tf.constant(float(top_p)),
-            tf.constant([seed, 0], tf.int64),
+            tf.constant(classes),
+            tf.random.stateless_uniform([steps, self.num_streams], seed=[seed, 0]),
+            tf.constant(length),
+            tf.constant(max_lines),
+            tf.constant(self.newline),
+            tf.constant(self.burn_in),
+            *decoding_args(temperature, top_k, top_p, len(self.vocab)),
         )
-        return [self.vocab.decode(row[keep]) for row, keep in zip(ids.numpy(), kept.numpy())]
+        rows = zip(ids.numpy(), first.numpy(), kept.numpy())
+        texts = [self.vocab.decode(row[start : start + count]) for row, start, count in rows]
+        return texts if poem else [whole_lines(text, len(prompt)) for text in texts]
 
-    def _generate(self, forced, prompt_length, max_length, max_lines, temperature, top_k, top_p, seed):
-        n = self.num_streams
-        model_lib.reset_states(self.model)
-        logits = self.model(tf.fill([n, 1], self.newline), training=False)[:, -1, :]
-        ids = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[n])
-        kept = tf.TensorArray(tf.bool, size=0, dynamic_size=True, element_shape=[n])
-        started = tf.fill([n], self.burn_in_limit == 0)
-        written = tf.zeros([n], tf.int32)  # characters kept so far
-        lines = tf.zeros([n], tf.int32)
-        for i in tf.range(max_length + self.burn_in_limit):
-            active = started & (written < max_length) & ((max_lines <= 0) | (lines < max_lines))
-            if not tf.reduce_any(active | ~started):
-                break
-            sampled = choose(logits + self.mask, temperature, top_k, top_p, seed + tf.cast([0, i], tf.int64))
-            use_prompt = started & (written < prompt_length)
-            next_ids = tf.where(use_prompt, tf.gather(forced, tf.minimum(written, prompt_length)), sampled)
-            is_newline = tf.equal(next_ids, self.newline)
-            ids = ids.write(i, next_ids)
-            kept = kept.write(i, active)
-            written += tf.cast(active, tf.int32)
-            lines += tf.cast(active & is_newline, tf.int32)
-            started |= is_newline | (i + 1 >= self.burn_in_limit)
-            logits = self.model(next_ids[:, None], training=False)[:, -1, :]
-        return tf.transpose(ids.stack()), tf.transpose(kept.stack())
+    def plan_arrays(self, slots, room):
+        """(forced ids, mask rows) for room + 1 kept characters: the slots, then free ones."""
+        forced = np.full(room + 1, -1, np.int32)
+        classes = np.full(room + 1, FREE, np.int32)
+        for i, slot in enumerate(slots):
+            if slot is poem_forms.OPEN:
+                classes[i] = CLAUSE
+            else:
+                forced[i] = self.fixed_id(slot)
+        if (classes == CLAUSE).any() and not np.isfinite(self.masks[CLAUSE].numpy()).any():
+            raise read_utils.InputError(
+                "the model knows no Chinese character that is not banned, so it cannot write a poem form"
+            )
+        return forced, classes
+
+    def fixed_id(self, char):
+        if char in self.banned:
+            raise read_utils.InputError(f"{char!r} is banned (--ban) but the start string, acrostic or form needs it")
+        if not self.vocab.id_of(char):
+            raise read_utils.InputError(
+                f"the model's vocabulary has no {char!r}; poem forms need a model trained on poems written "
+                f"one couplet per line, punctuated with {poem_forms.COMMA} and {poem_forms.STOP}"
+            )
+        return self.vocab.id_of(char)
+
+
+def check_seen(vocab, texts):
+    """A clear error listing the characters of each text (named by its key) the model never saw."""
+    for name, text in texts.items():
+        unseen = vocab.unknown_chars(text)
+        if unseen:
+            raise read_utils.InputError(f"{name} has characters the model never saw: {' '.join(unseen)}; leave them out")
+
+
+def decoding_args(temperature, top_k, top_p, vocab_size):
+    """choose()'s temperature, top_k and top_p as generation_loop takes them: None where off."""
+    if temperature == 0:
+        return None, None, None
+    return (
+        tf.constant(float(temperature)),
+        tf.constant(min(int(top_k), vocab_size)) if top_k else None,
+        tf.constant(float(top_p)) if top_p < 1 else None,
+    )
+
+
+def slot_masks(vocab, banned, width):
+    """[2, width] additive masks: row FREE bans the unknown token and banned characters; row
+    CLAUSE also every character that is not a CJK ideograph (punctuation, line breaks, letters).
+    Ids past the vocabulary (the logits' padding) are banned in both."""
+    free = np.full(width, -np.inf, np.float32)
+    free[1 : len(vocab)] = 0
+    free[np.array([vocab.id_of(char) for char in banned], int)] = -np.inf
+    clause = free.copy()
+    clause[[i for i, char in enumerate(vocab.chars) if not poem_forms.is_ideograph(char)]] = -np.inf
+    return np.stack([free, clause])
+
+
+def bucket(length):
+    """length rounded up to a power of two, at least 64."""
+    return max(64, 2 ** math.ceil(math.log2(length)))
+
+
+def whole_lines(text, keep):
+    """text cut back to its last line break, if it has one after the first keep characters."""
+    cut = text.rfind(NEWLINE) + 1
+    return text[:cut] if cut > keep else text

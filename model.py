@@ -41,23 +41,47 @@ class OneHot(layers.Layer):
         return tf.one_hot(ids, self.depth, dtype=self.compute_dtype)
 
 
-def build_model(config, batch_size):
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+def build_model(config, batch_size, precision="float32"):
     """A stateful char-LSTM for batch_size parallel streams of any length.
 
     The LSTM layers keep Keras' defaults (tanh/sigmoid, no recurrent dropout, no unroll), which
-    is what makes them take the cuDNN kernel on a GPU.
+    is what makes them take the cuDNN kernel on a GPU. precision "bfloat16" computes in bfloat16
+    with float32 weights (Keras' mixed_bfloat16 policy); the weights load into either precision.
     """
+    policy = PRECISIONS[precision]
     ids = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     if config.use_embedding:
-        x = layers.Embedding(config.vocab_size, config.embedding_size, name="embedding")(ids)
+        x = layers.Embedding(config.vocab_size, config.embedding_size, dtype=policy, name="embedding")(ids)
     else:
-        x = OneHot(config.vocab_size, name="one_hot")(ids)
+        x = OneHot(config.vocab_size, dtype=policy, name="one_hot")(ids)
     for i in range(config.num_layers):
-        x = layers.LSTM(config.lstm_size, return_sequences=True, stateful=True, name=f"lstm_{i}")(x)
-        x = layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
-    # Logits in float32 even under a mixed-precision policy, for a stable softmax.
-    logits = layers.Dense(config.vocab_size, dtype="float32", name="logits")(x)
+        x = layers.LSTM(config.lstm_size, return_sequences=True, stateful=True, dtype=policy, name=f"lstm_{i}")(x)
+        x = layers.Dropout(config.dropout, dtype=policy, name=f"dropout_{i}")(x)
+    x = layers.Dense(config.vocab_size, dtype=policy, name="logits")(x)
+    # The softmax and the loss always see float32 logits.
+    logits = layers.Activation("linear", dtype="float32", name="float32_logits")(x)
     return keras.Model(ids, logits, name="char_rnn")
+
+
+def make_train_step(net, optimizer, grad_clip):
+    """The compiled training step: one window for every stream, the LSTM state carried over."""
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, y, starts_epoch):
+        if starts_epoch:  # the streams start over, so the carried state would be from their end
+            reset_states(net)
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, net.trainable_variables)
+        grads, grad_norm = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"))
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss, grad_norm
+
+    return train_step
 
 
 def lstm_layers(model):

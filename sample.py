@@ -1,7 +1,12 @@
 """Generates text (Tang poems by default) from a trained run.
 
     python sample.py --start_string 春
-    python sample.py --name poetry --num_samples 4 --temperature 0.8
+    python sample.py --name poetry --num_samples 4 --temperature 0.8 --top_p 0.9
+    python sample.py --form qijue                 # a 七言绝句: two lines of two seven-character clauses
+    python sample.py --acrostic 春夏秋冬           # clause k begins with the k-th character (五言绝句)
+    python sample.py --form wulv --acrostic 春夏秋冬 --start_string 春风
+
+All samples are generated together, in one compiled loop over --num_samples streams.
 
 Every model setting comes from the run's config.json; no model flag is repeated here.
 """
@@ -12,18 +17,26 @@ from absl import app, flags
 
 import cli
 import generator
+import poem_forms
 import read_utils
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (default: checkpoints/<name>)")
 flags.DEFINE_string("start_string", "", "text that primes the model and begins every sample")
-flags.DEFINE_integer("max_length", 300, "most characters generated per sample", lower_bound=1)
-flags.DEFINE_integer("max_lines", 4, "stop a sample after this many lines (0: only --max_length)", lower_bound=0)
+flags.DEFINE_integer("max_length", 300, "most characters per sample, cut back to whole lines (no effect on --form)",
+                     lower_bound=1)
+flags.DEFINE_integer("max_lines", 4, "stop a sample after this many lines (0: only --max_length; no effect on --form)",
+                     lower_bound=0)
+flags.DEFINE_enum("form", None, poem_forms.FORM_NAMES,
+                  "write one poem of this fixed form per sample, always well-formed: 五言绝句 (wujue), 五言律诗 "
+                  "(wulv), 七言绝句 (qijue) or 七言律诗 (qilv), one couplet XXXXX，XXXXX。 per line")
+flags.DEFINE_string("acrostic", "", "acrostic poem (藏头诗): clause k begins with the k-th character; without "
+                    "--form, a 五言绝句 for up to 4 characters, a 五言律诗 for up to 8")
 flags.DEFINE_integer("num_samples", 1, "samples generated together in one batch", lower_bound=1)
 flags.DEFINE_float("temperature", 0.8, "sampling temperature; 0 is greedy", lower_bound=0)
 flags.DEFINE_integer("top_k", 0, "sample only from the k most likely characters (0: all)", lower_bound=0)
 flags.DEFINE_float("top_p", 1.0, "nucleus sampling: the smallest set of characters with this much probability")
-flags.DEFINE_string("ban", "", "characters never to produce")
+flags.DEFINE_string("ban", "", "characters never to sample (--start_string, --acrostic and --form may not need them)")
 flags.DEFINE_integer("seed", 0, "random seed: the same seed gives the same text")
 flags.register_validator("top_p", lambda v: 0 < v <= 1, "--top_p must be in (0, 1]")
 # The original project's names. Its model flags are accepted and ignored: config.json has them.
@@ -41,26 +54,22 @@ def main(argv):
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
     try:
         config, vocab, path = generator.load_run(checkpoint_dir)
-        unseen = vocab.unknown_chars(FLAGS.start_string + FLAGS.ban)
-        if unseen:
-            cli.fail(
-                f"--start_string/--ban has characters the model never saw: {' '.join(unseen)}; "
-                "leave them out"
-            )
         if FLAGS.top_k > len(vocab):
             cli.fail(f"--top_k={FLAGS.top_k} is larger than the vocabulary ({len(vocab)}); use at most that")
         gen = generator.Generator(config, vocab, path, FLAGS.num_samples, banned=FLAGS.ban)
+        texts = gen.generate(
+            FLAGS.start_string,
+            max_length=FLAGS.max_length,
+            max_lines=FLAGS.max_lines,
+            temperature=FLAGS.temperature,
+            top_k=FLAGS.top_k,
+            top_p=FLAGS.top_p,
+            seed=FLAGS.seed,
+            form=FLAGS.form,
+            acrostic=FLAGS.acrostic,
+        )
     except read_utils.InputError as e:
         cli.fail(e)
-    texts = gen.generate(
-        FLAGS.start_string,
-        max_length=FLAGS.max_length,
-        max_lines=FLAGS.max_lines,
-        temperature=FLAGS.temperature,
-        top_k=FLAGS.top_k,
-        top_p=FLAGS.top_p,
-        seed=FLAGS.seed,
-    )
     print("\n\n".join(text.rstrip("\n") for text in texts))
 
 

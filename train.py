@@ -7,6 +7,7 @@
 Running it again with the same --name resumes from the latest checkpoint.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from absl import app, flags, logging
 
 import cli
 import model as model_lib
+import monitor
+import poem_metrics
 import read_utils
 
 # Flags first, as in every absl app. Defaults are the recipe measured in the README.
@@ -43,9 +46,12 @@ flags.DEFINE_integer("max_vocab", 0, "keep only the most frequent characters (0:
 flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]", lower_bound=0, upper_bound=0.5)
 flags.DEFINE_integer("eval_every", 500, "validate every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("save_every_n", 500, "checkpoint every this many steps (and at the end)", lower_bound=1)
+flags.DEFINE_integer("eval_poems", 8, "poems sampled from each checkpoint, shown and scored in TensorBoard (0: none)", lower_bound=0)
+flags.DEFINE_float("eval_temperature", 0.8, "sampling temperature of those poems", lower_bound=0)
 flags.DEFINE_integer("log_every_n", 100, "log training loss every this many steps", lower_bound=1)
 flags.DEFINE_integer("max_to_keep", 3, "checkpoints kept on disk", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "random seed for initialisation and dropout")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "training arithmetic: bfloat16 is mixed precision (float32 weights)")
 # The original project's flag names, so its README commands run unchanged.
 flags.DEFINE_alias("input_file", "input")
 flags.DEFINE_alias("num_seqs", "batch_size")
@@ -58,6 +64,8 @@ FLAGS = flags.FLAGS
 # Flags that fix the model's shape or the reader's layout: a resumed run must keep them.
 MODEL_FLAGS = ("lstm_size", "num_layers", "embedding_size", "use_embedding", "dropout")
 READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "val_fraction")
+# The rest of the recipe: a resumed run keeps it unless a flag says otherwise.
+RECIPE_FLAGS = ("max_steps", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed", "precision")
 CONFIG_FORMAT = 1
 
 
@@ -78,27 +86,33 @@ def train():
     if FLAGS.train_keep_prob is not None:
         FLAGS.dropout = 1.0 - FLAGS.train_keep_prob
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
+    logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
+    if os.path.realpath(logdir) == os.path.realpath(checkpoint_dir):
+        # Both would keep a "checkpoint" file there: the run's and the projector's embedding's.
+        raise read_utils.InputError(f"--logdir {logdir} is the checkpoint directory; leave it out to log to {logdir}/logs")
     config_path = os.path.join(checkpoint_dir, "config.json")
     vocab_path = os.path.join(checkpoint_dir, "vocab.json")
     saved, saved_vocab = load_saved_run(config_path, vocab_path)
-    settings = resolve_settings(saved)
+    if saved:
+        adopt_saved_settings(saved)
     corpus = FLAGS.input or read_utils.default_corpus_path()
-    vocab, train_ids, val_ids = load_corpus(corpus, settings, saved_vocab)
-    reader = read_utils.StreamReader(train_ids, settings["batch_size"], settings["seq_length"])
-    config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: settings[k] for k in MODEL_FLAGS})
+    vocab, train_text, train_ids, val_ids = load_corpus(corpus, saved_vocab)
+    reader = read_utils.StreamReader(train_ids, FLAGS.batch_size, FLAGS.seq_length)
+    config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in MODEL_FLAGS})
     logging.info(
         "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch",
         corpus, f"{len(train_ids):,}", f"{len(val_ids):,}", len(vocab), reader.windows_per_epoch,
     )
 
     keras.utils.set_random_seed(FLAGS.seed)
-    net = model_lib.build_model(config, settings["batch_size"])
+    net = model_lib.build_model(config, FLAGS.batch_size, FLAGS.precision)
     optimizer = make_optimizer()
     optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
     # optimizer.iterations is the step and, one window per step, the reader position too.
     checkpoint = model_lib.weights_checkpoint(net, optimizer=optimizer, lstm_states=model_lib.lstm_states(net))
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=FLAGS.max_to_keep)
+    with writing(checkpoint_dir):
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=FLAGS.max_to_keep)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
@@ -106,28 +120,36 @@ def train():
         model_lib.init_output_bias(net, train_ids)
     if saved and saved.get("corpus", {}).get("sha256") != read_utils.sha256_of(corpus):
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
-    vocab.save(vocab_path)
-    read_utils.write_json_atomic(config_path, run_config(config, settings, corpus))
+    record = run_config(config, corpus)
+    with writing(checkpoint_dir):
+        vocab.save(vocab_path)
+        read_utils.write_json_atomic(config_path, record)
+    with writing(logdir):
+        monitor.log_run_config(logdir, record)
+        projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
 
     evaluator = None
     if len(val_ids) > 1:
-        evaluator = model_lib.Evaluator(config, read_utils.EvalWindows(val_ids, 16, settings["seq_length"]))
-    logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
-    run_training(net, optimizer, reader, evaluator, manager, logdir)
+        evaluator = model_lib.Evaluator(config, read_utils.EvalWindows(val_ids, 16, FLAGS.seq_length))
+    sampler = None
+    if FLAGS.eval_poems:
+        scorer = poem_metrics.PoemScorer.from_training_text(train_text)
+        sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
+    run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, projector)
 
 
-def load_corpus(corpus, settings, saved_vocab):
-    """(vocab, training ids, validation ids); a resumed run keeps its saved vocabulary."""
+def load_corpus(corpus, saved_vocab):
+    """(vocab, training text, training ids, validation ids); a resumed run keeps its saved vocabulary."""
     text = read_utils.read_text(corpus)
-    train_text, val_text = read_utils.split_lines(text, settings["val_fraction"])
-    vocab = saved_vocab or read_utils.Vocab.build(train_text, settings["max_vocab"])
-    unseen = vocab.unknown_chars(train_text) if saved_vocab and not settings["max_vocab"] else []
+    train_text, val_text = read_utils.split_lines(text, FLAGS.val_fraction)
+    vocab = saved_vocab or read_utils.Vocab.build(train_text, FLAGS.max_vocab)
+    unseen = vocab.unknown_chars(train_text) if saved_vocab and not FLAGS.max_vocab else []
     if unseen:
         raise read_utils.InputError(
             f"{corpus} has {len(unseen)} characters that the run's saved vocabulary lacks "
             f"(e.g. {''.join(unseen[:10])!r}); train on it under a new --name"
         )
-    return vocab, vocab.encode(train_text), vocab.encode(val_text)
+    return vocab, train_text, vocab.encode(train_text), vocab.encode(val_text)
 
 
 def make_optimizer():
@@ -143,11 +165,9 @@ def make_optimizer():
     return keras.optimizers.Adam(learning_rate=schedule)
 
 
-def run_config(config, settings, corpus):
-    """config.json: what sample.py and evaluate.py need, and what a resumed run must keep."""
-    training = {k: settings[k] for k in READER_FLAGS}
-    for key in ("max_steps", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed"):
-        training[key] = FLAGS[key].value
+def run_config(config, corpus):
+    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps."""
+    training = {k: FLAGS[k].value for k in READER_FLAGS + RECIPE_FLAGS}
     return {
         "format": CONFIG_FORMAT,
         "model": config.to_json(),
@@ -156,9 +176,9 @@ def run_config(config, settings, corpus):
     }
 
 
-def run_training(net, optimizer, reader, evaluator, manager, logdir):
+def run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, projector):
     """The loop: train, log, validate, checkpoint; Ctrl-C or SIGTERM saves and stops."""
-    train_step = make_train_step(net, optimizer, FLAGS.grad_clip)
+    train_step = model_lib.make_train_step(net, optimizer, FLAGS.grad_clip)
     writers = {
         "train": tf.summary.create_file_writer(os.path.join(logdir, "train")),
         "validation": tf.summary.create_file_writer(os.path.join(logdir, "validation")),
@@ -192,6 +212,7 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir):
                     tf.summary.scalar("grad_norm", float(grad_norm))
                     tf.summary.scalar("chars_per_second", speed)
             if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
+                paused = time.perf_counter()
                 val_loss = evaluator.loss(net)
                 values.append(("val_loss", val_loss))
                 with writers["validation"].as_default(step=step):
@@ -199,9 +220,12 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir):
                     tf.summary.scalar("bits_per_char", val_loss / math.log(2))
                     tf.summary.scalar("perplexity", math.exp(val_loss))
                 logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
-                tick = time.perf_counter()  # validation time is not training speed
-            if step % FLAGS.save_every_n == 0:
-                manager.save(checkpoint_number=step)
+                tick += time.perf_counter() - paused  # validation time is not training speed
+            if step % FLAGS.save_every_n == 0 or step == FLAGS.max_steps:
+                paused = time.perf_counter()
+                with writing(manager.directory):
+                    save_checkpoint(manager, step, sampler, projector, writers["validation"])
+                tick += time.perf_counter() - paused  # nor is sampling poems
             progbar.update(step, values)
     except (KeyboardInterrupt, Stop):
         print(file=sys.stderr)
@@ -211,8 +235,19 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir):
             writer.flush()
     step = int(optimizer.iterations)
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        manager.save(checkpoint_number=step)
+        with writing(manager.directory):
+            manager.save(checkpoint_number=step)
     logging.info("checkpoint %s", manager.latest_checkpoint)
+
+
+def save_checkpoint(manager, step, sampler, projector, writer):
+    """A checkpoint, then what TensorBoard shows of it: its embedding, and poems sampled from it."""
+    manager.save(checkpoint_number=step)
+    if projector:
+        projector.save(step)
+    if sampler:
+        with writer.as_default():
+            sampler.log(manager.latest_checkpoint, step)
 
 
 def raise_stop(signum, frame):
@@ -238,43 +273,37 @@ def load_saved_run(config_path, vocab_path):
         ) from None
 
 
-def resolve_settings(saved):
-    """Model and reader settings: the flags for a new run; for a resumed one, the saved values.
+def adopt_saved_settings(saved):
+    """Makes the flags a user did not give take the resumed run's values.
 
-    A flag given explicitly that contradicts the saved run is an error rather than a silent restart.
+    A model or reader flag given explicitly that contradicts the run is an error: it would
+    silently change what the checkpoint means. Recipe flags (steps, learning rate, ...) may change.
     """
-    settings = {k: FLAGS[k].value for k in MODEL_FLAGS + READER_FLAGS}
-    if not saved:
-        return settings
     previous = saved["model"] | saved["training"]
-    explicit = {k for k in settings if FLAGS[k].present}
-    if FLAGS["train_keep_prob"].present:
-        explicit.add("dropout")
-    for key in settings:
-        if key in previous:
-            if key in explicit and previous[key] != settings[key]:
-                raise read_utils.InputError(
-                    f"--{key}={settings[key]} differs from the saved run's {previous[key]}; "
-                    "drop the flag to resume, or start a new run with another --name"
-                )
-            settings[key] = previous[key]
-    return settings
+    for key in MODEL_FLAGS + READER_FLAGS + RECIPE_FLAGS:
+        if key not in previous:
+            continue
+        explicit = FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
+        if not explicit:
+            FLAGS[key].value = previous[key]
+        elif key not in RECIPE_FLAGS and FLAGS[key].value != previous[key]:
+            raise read_utils.InputError(
+                f"--{key}={FLAGS[key].value} differs from the saved run's {previous[key]}; "
+                "drop the flag to resume, or start a new run with another --name"
+            )
 
 
-def make_train_step(net, optimizer, grad_clip):
-    @tf.function(jit_compile=False, reduce_retracing=True)
-    def train_step(x, y, starts_epoch):
-        if starts_epoch:  # the streams start over, so the carried state would be from their end
-            model_lib.reset_states(net)
-        with tf.GradientTape() as tape:
-            logits = net(x, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, net.trainable_variables)
-        grads, grad_norm = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"))
-        optimizer.apply_gradients(zip(grads, net.trainable_variables))
-        return loss, grad_norm
-
-    return train_step
+@contextlib.contextmanager
+def writing(directory):
+    """Reports a failed write (full disk, no permission) as an error that names the directory."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise read_utils.InputError(
+            f"cannot write to {directory}: {reason}; free some disk space or choose a writable "
+            "--checkpoint_dir / --logdir"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -1,53 +1,146 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import generator
+import model as model_lib
+import read_utils
+from conftest import run_script
 
+NEG_INF = float("-inf")
+
+
+def row(width, probs_at):
+    """[1, width] logits: log-probabilities at the given ids, -inf everywhere else."""
+    logits = np.full((1, width), NEG_INF, np.float32)
+    for i, p in probs_at.items():
+        logits[0, i] = np.log(p)
+    return logits
+
+
+def draws(logits, count, seed=0):
+    """count ids sampled from one row of logits, through the generator's sampler."""
+    uniform = tf.random.stateless_uniform([count], seed=[seed, 0])
+    return generator.sample(tf.constant(np.repeat(logits, count, axis=0)), uniform).numpy()
+
+
+# --- decoding on fixed distributions --------------------------------------------------------------
 
 def test_nucleus_never_emits_a_token_outside_it():
-    probs = np.array([[0.5, 0.2, 0.15, 0.1, 0.05]], np.float32)
-    logits = tf.constant(np.log(probs))
-    # The nucleus of mass 0.6 is {0, 1}: 0.5 alone falls short, 0.5 + 0.2 reaches it.
-    filtered = generator.filter_logits(logits, 1.0, 0, 0.6).numpy()[0]
-    assert np.isfinite(filtered[:2]).all() and np.isneginf(filtered[2:]).all()
-    draws = tf.random.stateless_categorical(tf.constant(filtered[None]), 4000, seed=[1, 2]).numpy()
-    assert set(np.unique(draws)) == {0, 1}
-    # The top token alone once it holds the mass asked for; everything at top_p = 1.
-    assert np.isfinite(generator.filter_logits(logits, 1.0, 0, 0.5).numpy()[0]).sum() == 1
-    assert np.isfinite(generator.filter_logits(logits, 1.0, 0, 1.0).numpy()[0]).all()
+    # Spread over several sampler blocks, so both levels of the sampler are exercised.
+    logits = row(4 * generator.BLOCK, {3: 0.5, 70: 0.2, 71: 0.15, 130: 0.1, 255: 0.05})
+    # The nucleus of mass 0.6 is {3, 70}: 0.5 alone falls short, 0.5 + 0.2 reaches it.
+    filtered = generator.filter_logits(tf.constant(logits), 1.0, top_p=0.6).numpy()
+    assert np.isfinite(filtered[0]).nonzero()[0].tolist() == [3, 70]
+    ids = draws(filtered, 20000)
+    assert set(np.unique(ids)) == {3, 70}
+    assert np.mean(ids == 3) == pytest.approx(0.5 / 0.7, abs=0.02)
+    # The top token alone once it holds the mass asked for; all five when the first four fall short.
+    assert np.isfinite(generator.filter_logits(tf.constant(logits), 1.0, top_p=0.5).numpy()).sum() == 1
+    assert np.isfinite(generator.filter_logits(tf.constant(logits), 1.0, top_p=0.99).numpy()).sum() == 5
 
 
-def test_top_k_keeps_the_k_most_likely():
+def test_top_k_keeps_the_k_most_likely_and_then_the_nucleus_of_those():
     logits = tf.constant([[0.1, 2.0, -1.0, 1.5, 0.3]])
-    filtered = generator.filter_logits(logits, 1.0, 2, 1.0).numpy()[0]
-    assert np.isfinite(filtered).nonzero()[0].tolist() == [1, 3]
+    assert np.isfinite(generator.filter_logits(logits, 1.0, top_k=2).numpy()[0]).nonzero()[0].tolist() == [1, 3]
+    # Of the top 3 renormalised (about 0.54, 0.33, 0.13), 0.8 of the mass needs the first two.
+    both = generator.filter_logits(logits, 1.0, top_k=3, top_p=0.8).numpy()[0]
+    assert np.isfinite(both).nonzero()[0].tolist() == [1, 3]
 
+
+def test_sampler_follows_the_distribution_and_never_draws_masked_ids():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.5, (1, 3 * generator.BLOCK)).astype(np.float32)
+    masked = rng.choice(logits.shape[1], 60, replace=False)
+    logits[0, masked] = NEG_INF
+    logits[0, generator.BLOCK : 2 * generator.BLOCK] = NEG_INF  # a whole block without mass
+    ids = draws(logits, 50000, seed=1)
+    assert not np.isin(ids, masked).any() and not ((ids >= generator.BLOCK) & (ids < 2 * generator.BLOCK)).any()
+    expected = tf.nn.softmax(logits[0]).numpy()
+    observed = np.bincount(ids, minlength=logits.shape[1]) / len(ids)
+    assert 0.5 * np.abs(observed - expected).sum() < 0.03  # total variation distance
+
+
+def test_temperature_sharpens_and_greedy_takes_the_first_highest():
+    logits = row(generator.BLOCK, {5: 0.6, 9: 0.4})
+    hot = np.mean(draws(logits / 1.0, 5000) == 5)
+    cold = np.mean(draws(generator.filter_logits(tf.constant(logits), 0.25).numpy(), 5000) == 5)
+    assert hot == pytest.approx(0.6, abs=0.03) and cold == pytest.approx(0.6**4 / (0.6**4 + 0.4**4), abs=0.03)
+    tied = row(2 * generator.BLOCK, {7: 0.4, 100: 0.4, 3: 0.2})
+    assert generator.greedy(tf.constant(tied)).numpy().tolist() == [7]
+
+
+# --- the hand-written step ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_embedding", [True, False])
+def test_hand_written_step_gives_the_keras_models_logits(use_embedding):
+    config = model_lib.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
+                                   use_embedding=use_embedding)
+    net = model_lib.build_model(config, batch_size=2)
+    for i, v in enumerate(net.trainable_variables):
+        v.assign(tf.random.normal(v.shape, stddev=0.5, seed=i))
+    ids = np.random.default_rng(0).integers(0, 37, (2, 15)).astype(np.int32)
+    expected = net(ids, training=False).numpy()
+    step = generator.CharStep.from_model(net)
+    state, logits = step.zero_state(2), []
+    for t in range(ids.shape[1]):
+        out, state = step(tf.constant(ids[:, t]), state)
+        logits.append(out.numpy())
+    logits = np.stack(logits, axis=1)
+    assert logits.shape[-1] % generator.BLOCK == 0
+    np.testing.assert_allclose(logits[..., :37], expected, rtol=1e-5, atol=1e-5)
+    assert np.isneginf(logits[..., 37:]).all()
+
+
+# --- generation from a trained run ------------------------------------------------------------------
 
 def load(run_dir, num_streams=1, banned=""):
     config, vocab, path = generator.load_run(run_dir)
     return generator.Generator(config, vocab, path, num_streams, banned=banned)
 
 
-def test_same_seed_same_text_and_top_k_one_is_greedy(trained_run):
-    gen = load(trained_run[0], num_streams=3)
+@pytest.fixture(scope="module")
+def gen(trained_run):
+    return load(trained_run[0], num_streams=3)
+
+
+def test_same_seed_same_text_and_top_k_one_is_greedy(gen):
     first = gen.generate("春", 60, seed=7)
     assert first == gen.generate("春", 60, seed=7)
     assert first != gen.generate("春", 60, seed=8)
+    assert len(set(first)) > 1  # the streams are independent
     greedy = gen.generate("春", 40, temperature=0)
     assert greedy == gen.generate("春", 40, temperature=1.0, top_k=1, seed=3)
     assert all(text.startswith("春") for text in first + greedy)
 
 
 def test_banned_and_unknown_characters_never_appear(trained_run):
-    gen = load(trained_run[0], num_streams=8, banned="春花")
-    texts = gen.generate("", 200, temperature=2.0, seed=1)
+    banned = load(trained_run[0], num_streams=8, banned="春花")
+    texts = banned.generate("", 200, temperature=2.0, seed=1)
     joined = "".join(texts)
     assert len(joined) > 1000
     assert "春" not in joined and "花" not in joined
-    assert generator.read_utils.UNKNOWN not in joined
+    assert read_utils.UNKNOWN not in joined
 
 
-def test_max_lines_stops_each_stream_after_whole_lines(trained_run):
-    gen = load(trained_run[0], num_streams=4)
+def test_max_lines_stops_each_stream_after_whole_lines(gen):
     for text in gen.generate("", 300, max_lines=2, seed=5):
         assert text.count("\n") == 2 and text.endswith("\n")
+
+
+def test_max_length_never_cuts_a_line(gen):
+    for text in gen.generate("", 40, max_lines=0, seed=5):
+        assert 0 < len(text) <= 40 and text.endswith("\n")
+
+
+def test_unseen_characters_are_a_clear_error(gen):
+    with pytest.raises(read_utils.InputError, match="start string has characters the model never saw: 我 你"):
+        gen.generate("春我你我", 20)
+    with pytest.raises(read_utils.InputError, match="acrostic has characters the model never saw: 夏 冬"):
+        gen.generate(acrostic="春夏秋冬")
+
+
+def test_sample_reports_an_unseen_acrostic_in_one_line(trained_run):
+    result = run_script("sample.py", "--checkpoint_dir", trained_run[0], "--acrostic", "春夏", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "never saw: 夏" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,335 @@
+"""Throughput figures on this machine, one JSON line per measurement. Never part of the tests.
+
+    python bench.py                        # every measurement, about 3 s of timing each
+    python bench.py --only sample_small_1,sample_medium_1 --seconds 5
+    python bench.py --list                 # the measurements and what they time
+
+Sampling measurements load a randomly initialised model of the size named (small: 2x128 units,
+embedding 128; medium: 2x512 units, embedding 256; vocabulary 3,501 characters) from a checkpoint
+written to a temporary directory, exactly as sample.py loads a trained run; random weights cost
+the same per character as trained ones. Each line holds:
+  name, description, and the measured figures; for sampling:
+  chars_per_s   characters kept per second of generation, all streams together (burn-in included
+                in the time, not in the count);
+  chars_per_cpu_s  the same per second of this process' CPU time: on a busy machine, close to
+                what one stream (one thread) reaches on a quiet one; 64 streams may use two threads;
+  load_s        startup: reading the checkpoint and building the generator;
+  compile_s     the first generate() call, which traces and XLA-compiles the loop;
+  load_avg      the 1-minute load average when the measurement started: other work on the
+                machine lowers every figure, so compare runs on a quiet machine.
+For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
+  chars_per_s   characters trained per second through train.py's own compiled step;
+  baseline_chars_per_s, ratio   the same model as a plain Keras Sequential trained by model.fit
+                with default settings, measured in the same run, and our speed over it;
+  peak_rss_mb   (memory lines) peak resident memory of a fresh process doing only that work.
+A measurement is a function returning a dict; add new ones to MEASUREMENTS.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import tempfile
+import time
+
+from absl import app, flags
+
+# TensorFlow and the project's modules are imported inside the measurements, so that --help and
+# --list answer at once.
+
+flags.DEFINE_list("only", None, "comma-separated measurement names to run (default: all; see --list)")
+flags.DEFINE_float("seconds", 3.0, "timing per measurement after warm-up, in seconds", lower_bound=0)
+flags.DEFINE_boolean("list", False, "print the measurement names and descriptions, then exit")
+flags.DEFINE_boolean("report_rss", False, "add the process's peak resident memory to every line")
+FLAGS = flags.FLAGS
+
+VOCAB_SIZE = 3501
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    name: str
+    description: str
+    run: object  # () -> dict of figures
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    name: str
+    lstm_size: int
+    embedding_size: int
+    num_layers: int = 2
+
+
+SMALL = ModelSize("small", lstm_size=128, embedding_size=128)
+MEDIUM = ModelSize("medium", lstm_size=512, embedding_size=256)
+
+
+def synthetic_vocab():
+    """VOCAB_SIZE entries like the poetry corpus': CJK ideographs, ，。 and the line break."""
+    import read_utils
+
+    punctuation = ["，", "。", "\n"]
+    ideographs = [chr(0x4E00 + i) for i in range(VOCAB_SIZE - 1 - len(punctuation))]
+    return read_utils.Vocab([read_utils.UNKNOWN] + ideographs + punctuation)
+
+
+def write_random_run(directory, size):
+    """A run directory (config.json, vocab.json, checkpoint) of a randomly initialised model."""
+    import tensorflow as tf
+
+    import model as model_lib
+
+    vocab = synthetic_vocab()
+    config = model_lib.ModelConfig(
+        vocab_size=len(vocab), embedding_size=size.embedding_size, lstm_size=size.lstm_size, num_layers=size.num_layers
+    )
+    net = model_lib.build_model(config, 1)
+    tf.train.CheckpointManager(model_lib.weights_checkpoint(net), directory, max_to_keep=1).save()
+    vocab.save(os.path.join(directory, "vocab.json"))
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": config.to_json()}, f)
+
+
+def measure_sampling(size, streams, temperature=0.8, top_p=1.0, max_length=2000):
+    """Loads a random model of `size` as sample.py would and times generate() on `streams` streams."""
+    import generator
+
+    with tempfile.TemporaryDirectory() as directory:
+        write_random_run(directory, size)
+        start = time.perf_counter()
+        config, vocab, path = generator.load_run(directory)
+        # "\n" banned: random weights end lines anywhere, and generate() cuts text back to whole lines.
+        gen = generator.Generator(config, vocab, path, streams, banned="\n")
+        load_s = time.perf_counter() - start
+    generate = functools.partial(gen.generate, max_length=max_length, temperature=temperature, top_p=top_p)
+    start = time.perf_counter()
+    generate(seed=0)
+    compile_s = time.perf_counter() - start
+    chars, elapsed, cpu, calls = 0, 0.0, 0.0, 0
+    while elapsed < FLAGS.seconds or calls == 0:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        texts = generate(seed=calls + 1)
+        elapsed += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        chars += sum(map(len, texts))
+        calls += 1
+    return {
+        "model": dataclasses.asdict(size) | {"vocab_size": VOCAB_SIZE},
+        "streams": streams,
+        "temperature": temperature,
+        "top_p": top_p,
+        "chars_per_s": round(chars / elapsed),
+        "chars_per_cpu_s": round(chars / cpu),
+        "chars": chars,
+        "seconds": round(elapsed, 3),
+        "load_s": round(load_s, 3),
+        "compile_s": round(compile_s, 3),
+    }
+
+
+def sampling(size, streams, temperature=0.8, top_p=1.0, suffix=""):
+    decoding = "greedy" if temperature == 0 else f"temperature {temperature}" + (f", top_p {top_p}" if top_p < 1 else "")
+    return Measurement(
+        name=f"sample_{size.name}_{streams}{suffix}",
+        description=f"generation, {size.name} model, {streams} stream(s) in one batch, {decoding}",
+        run=functools.partial(measure_sampling, size, streams, temperature, top_p),
+    )
+
+
+# --- training ---------------------------------------------------------------------------------
+
+TRAIN_BATCH = {"small": (32, 26), "medium": (64, 64)}
+
+
+def random_windows(batch, steps, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, VOCAB_SIZE, (batch, steps + 1)).astype("int32")
+
+
+def timed_steps(step, seconds):
+    """Runs step() for at least `seconds` after three warm-up calls; returns (calls, elapsed)."""
+    for _ in range(3):
+        step()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < 3:
+        step()
+        calls += 1
+    return calls, time.perf_counter() - start
+
+
+def train_speed(size, precision="float32"):
+    """Characters per second through train.py's own compiled step (model.make_train_step)."""
+    import keras
+
+    import model as model_lib
+
+    batch, steps = TRAIN_BATCH[size.name]
+    config = model_lib.ModelConfig(
+        vocab_size=VOCAB_SIZE, embedding_size=size.embedding_size, lstm_size=size.lstm_size,
+        num_layers=size.num_layers, dropout=0.1,
+    )
+    net = model_lib.build_model(config, batch, precision)
+    train_step = model_lib.make_train_step(net, keras.optimizers.Adam(1e-3), 5.0)
+    window = random_windows(batch, steps)
+    x, y = window[:, :-1], window[:, 1:]
+    calls, elapsed = timed_steps(lambda: float(train_step(x, y, False)[0]), FLAGS.seconds)
+    return {"chars_per_s": round(calls * batch * steps / elapsed), "batch": f"{batch}x{steps}", "precision": precision}
+
+
+def keras_baseline_speed(size):
+    """The plain Keras way: Sequential Embedding/LSTM/Dense, compile, model.fit, default settings."""
+    import keras
+    import tensorflow as tf
+
+    batch, steps = TRAIN_BATCH[size.name]
+    net = keras.Sequential(
+        [keras.Input(batch_shape=(batch, steps), dtype="int32"), keras.layers.Embedding(VOCAB_SIZE, size.embedding_size)]
+        + [keras.layers.LSTM(size.lstm_size, return_sequences=True, stateful=True) for _ in range(size.num_layers)]
+        + [keras.layers.Dense(VOCAB_SIZE)]
+    )
+    net.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    window = random_windows(batch, steps)
+    num_batches = 400
+    dataset = tf.data.Dataset.from_tensors((window[:, :-1], window[:, 1:])).repeat(num_batches)
+    options = tf.data.Options()
+    options.autotune.enabled = False  # DESIGN.md: avoids a multi-second stall when fit ends
+    dataset = dataset.with_options(options)
+
+    class StepClock(keras.callbacks.Callback):
+        """Times batches after three warm-up ones; stops fit once enough time is measured."""
+
+        def __init__(self):
+            super().__init__()
+            self.count, self.start = 0, None
+
+        def on_train_batch_end(self, index, logs=None):
+            if index == 2:
+                self.start = time.perf_counter()
+            elif index > 2:
+                self.count += 1
+                if time.perf_counter() - self.start >= FLAGS.seconds:
+                    self.model.stop_training = True
+
+    clock = StepClock()
+    net.fit(dataset, epochs=1, verbose=0, callbacks=[clock])
+    elapsed = time.perf_counter() - clock.start
+    return {"chars_per_s": round(clock.count * batch * steps / elapsed), "batch": f"{batch}x{steps}"}
+
+
+def train_vs_baseline(size, precision="float32"):
+    ours = train_speed(size, precision)
+    baseline = keras_baseline_speed(size)
+    ours["baseline_chars_per_s"] = baseline["chars_per_s"]
+    ours["ratio"] = round(ours["chars_per_s"] / baseline["chars_per_s"], 2)
+    return ours
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+def peak_rss_mb():
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def in_child(name):
+    """Runs one measurement in a fresh process, so its peak memory is its own."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--only", name, "--seconds", str(FLAGS.seconds), "--report_rss"],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def train_memory(size):
+    figures = in_child(f"train_step_{size.name}")
+    return {"peak_rss_mb": figures["peak_rss_mb"], "chars_per_s": figures["chars_per_s"]}
+
+
+def encode_large_corpus(megabytes=100):
+    """Reads, builds the vocabulary of and encodes a generated corpus of the size given."""
+    import numpy as np
+
+    import read_utils
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "corpus.txt")
+        rng = np.random.default_rng(0)
+        alphabet = np.array([chr(0x4E00 + i) for i in range(5000)])
+        line_chars = 12
+        lines_per_block = 100_000
+        with open(path, "w", encoding="utf-8") as f:
+            while f.tell() < megabytes * 1_000_000:
+                block = alphabet[rng.integers(0, len(alphabet), (lines_per_block, line_chars))]
+                f.write("\n".join("".join(row) for row in block) + "\n")
+        start = time.perf_counter()
+        text = read_utils.read_text(path)
+        vocab = read_utils.Vocab.build(text)
+        ids = vocab.encode(text)
+        elapsed = time.perf_counter() - start
+        return {"megabytes": round(os.path.getsize(path) / 1e6), "characters": len(ids), "seconds": round(elapsed, 2),
+                "ids_mb": round(ids.nbytes / 1e6)}
+
+
+def encode_memory():
+    figures = in_child("encode_100mb")
+    return {k: figures[k] for k in ("megabytes", "characters", "seconds", "peak_rss_mb")}
+
+
+MEASUREMENTS = [
+    sampling(SMALL, 1),
+    sampling(MEDIUM, 1),
+    sampling(SMALL, 64),
+    sampling(SMALL, 1, temperature=0, suffix="_greedy"),
+    sampling(MEDIUM, 1, temperature=0, suffix="_greedy"),
+    sampling(SMALL, 1, top_p=0.9, suffix="_top_p"),
+    Measurement("train_small", "training, small model, batches 32x26: train.py's step vs plain Keras model.fit",
+                functools.partial(train_vs_baseline, SMALL)),
+    Measurement("train_medium", "training, medium model, batches 64x64: train.py's step vs plain Keras model.fit",
+                functools.partial(train_vs_baseline, MEDIUM)),
+    Measurement("train_medium_bf16", "training, medium model, batches 64x64, --precision bfloat16 vs model.fit",
+                functools.partial(train_vs_baseline, MEDIUM, "bfloat16")),
+    Measurement("train_step_medium", "training, medium model, train.py's step alone", functools.partial(train_speed, MEDIUM)),
+    Measurement("train_memory_medium", "peak resident memory of a process training the medium model",
+                functools.partial(train_memory, MEDIUM)),
+    Measurement("encode_100mb", "reading, building the vocabulary of and encoding a generated 100 MB corpus",
+                encode_large_corpus),
+    Measurement("encode_memory_100mb", "peak resident memory of a process doing encode_100mb", encode_memory),
+]
+
+
+def selected(names):
+    known = {m.name: m for m in MEASUREMENTS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise app.UsageError(f"unknown measurement(s) {', '.join(unknown)}; see --list")
+    return [known[name] for name in names]
+
+
+def main(argv):
+    del argv
+    if FLAGS.list:
+        for m in MEASUREMENTS:
+            print(f"{m.name}: {m.description}")
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, in run()
+    import cli
+
+    cli.quiet_library_info()
+    for m in selected(FLAGS.only) if FLAGS.only else MEASUREMENTS:
+        load_avg = os.getloadavg()[0]
+        figures = m.run()
+        if FLAGS.report_rss:
+            figures["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps({"name": m.name, "description": m.description, **figures, "load_avg": load_avg},
+                         ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
