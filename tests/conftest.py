@@ -42,13 +42,21 @@ def run_script(script, *args, check=True, cwd=ROOT):
 TINY_MODEL = ["--lstm_size", 32, "--embedding_size", 16, "--batch_size", 8, "--seq_length", 16]
 
 
+def train_toy_run(root, lines, *args):
+    """Writes a toy corpus of couplets under root and trains a tiny run on it through train.py.
+
+    Returns (run directory, corpus path).
+    """
+    corpus = root / "toy.txt"
+    corpus.write_text(couplets(lines), encoding="utf-8")
+    run_dir = root / "run"
+    run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, *args)
+    return run_dir, corpus
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A toy run trained once through train.py, shared by the tests that only read it."""
-    root = tmp_path_factory.mktemp("run")
-    corpus = root / "toy.txt"
-    corpus.write_text(couplets(600), encoding="utf-8")
-    run_dir = root / "ckpt"
-    run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, "--max_steps", 150, *TINY_MODEL,
-               "--learning_rate", 0.01, "--eval_every", 50, "--save_every_n", 100)
+    run_dir, corpus = train_toy_run(tmp_path_factory.mktemp("run"), 600, "--max_steps", 300, "--warmup_steps", 10,
+                                    "--learning_rate", 0.01, "--eval_every", 100, "--save_every_n", 100)
     return str(run_dir), str(corpus)

@@ -20,7 +20,7 @@ def test_run_directory_holds_config_vocab_checkpoints_and_logs(trained_run):
     assert config["model"]["lstm_size"] == 32 and config["training"]["batch_size"] == 8
     assert config["model"]["vocab_size"] == len(vocab["chars"])
     assert config["corpus"]["path"] == os.path.abspath(corpus)
-    assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-150")
+    assert tf.train.latest_checkpoint(run_dir).endswith("ckpt-300")
     assert os.listdir(os.path.join(run_dir, "logs", "train")) and os.listdir(os.path.join(run_dir, "logs", "validation"))
 
 
@@ -34,7 +34,7 @@ def test_sample_needs_no_model_flags_and_starts_with_the_prompt(trained_run):
 
 
 def test_sample_learns_the_couplet_form(trained_run):
-    """150 steps on a toy corpus of couplets are enough for the line structure."""
+    """300 steps on a toy corpus of couplets are enough for the line structure."""
     result = run_script("sample.py", "--checkpoint_dir", trained_run[0], "--num_samples", 8, "--max_lines", 4)
     lines = [line for line in result.stdout.splitlines() if line]
     well_formed = [re.fullmatch(r"[^，。]{5}，[^，。]{5}。", line) is not None for line in lines]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL, couplets, run_script
+from conftest import ROOT, TINY_MODEL, couplets, run_script, train_toy_run
 
 
 def snapshot(directory):
@@ -35,13 +35,7 @@ def assert_clean_failure(result, *fragments):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A tiny finished run; tests that may damage it work on a copy."""
-    root = tmp_path_factory.mktemp("robust")
-    corpus = root / "toy.txt"
-    corpus.write_text(couplets(400), encoding="utf-8")
-    run_dir = root / "run"
-    run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--max_steps", 10,
-               "--eval_poems", 0)
-    return run_dir, corpus
+    return train_toy_run(tmp_path_factory.mktemp("robust"), 400, "--max_steps", 10, "--eval_poems", 0)
 
 
 @pytest.fixture

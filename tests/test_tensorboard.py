@@ -23,7 +23,7 @@ from tensorboard.plugins.projector import ProjectorConfig
 from tensorflow.core.util import event_pb2
 
 import monitor
-from conftest import CHARS, TINY_MODEL, couplets, run_script
+from conftest import CHARS, TINY_MODEL, run_script, train_toy_run
 
 STEPS, LOG_EVERY, EVAL_EVERY, SAVE_EVERY, POEMS = 80, 5, 20, 40, 4
 TRAIN_TAGS = {"loss", "learning_rate", "grad_norm", "chars_per_second"}
@@ -33,13 +33,10 @@ VALIDATION_TAGS = {"loss", "bits_per_char", "perplexity", "poems/well_formed", "
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     """A run on toy couplets (a learnable form) that logs often; returns its checkpoint directory."""
-    root = tmp_path_factory.mktemp("tensorboard")
-    corpus = root / "toy.txt"
-    corpus.write_text(couplets(600), encoding="utf-8")
-    run_dir = root / "run"
-    run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--max_steps", STEPS,
-               "--learning_rate", 0.01, "--log_every_n", LOG_EVERY, "--eval_every", EVAL_EVERY,
-               "--save_every_n", SAVE_EVERY, "--eval_poems", POEMS)
+    run_dir, _ = train_toy_run(
+        tmp_path_factory.mktemp("tensorboard"), 600, "--max_steps", STEPS, "--learning_rate", 0.01,
+        "--log_every_n", LOG_EVERY, "--eval_every", EVAL_EVERY, "--save_every_n", SAVE_EVERY, "--eval_poems", POEMS,
+    )
     return run_dir
 
 
