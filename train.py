@@ -30,7 +30,7 @@ flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the 
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
-flags.DEFINE_integer("max_steps", 7800, "total training steps (one window of every stream each)", lower_bound=1)
+flags.DEFINE_integer("max_steps", 6000, "total training steps (one window of every stream each)", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "parallel streams per batch", lower_bound=1)
 flags.DEFINE_integer("seq_length", 26, "characters per window (truncated backprop length)", lower_bound=1)
 flags.DEFINE_integer("lstm_size", 192, "units in each LSTM layer", lower_bound=1)
@@ -89,7 +89,7 @@ def train():
     logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
     if os.path.realpath(logdir) == os.path.realpath(checkpoint_dir):
         # Both would keep a "checkpoint" file there: the run's and the projector's embedding's.
-        raise read_utils.InputError(f"--logdir {logdir} is the checkpoint directory; leave it out to log to {logdir}/logs")
+        raise read_utils.InputError(f"--logdir {logdir} is the checkpoint directory; leave it out to log to {checkpoint_dir}/logs")
     config_path = os.path.join(checkpoint_dir, "config.json")
     vocab_path = os.path.join(checkpoint_dir, "vocab.json")
     saved, saved_vocab = load_saved_run(config_path, vocab_path)
@@ -118,9 +118,10 @@ def train():
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
     else:
         model_lib.init_output_bias(net, train_ids)
-    if saved and saved.get("corpus", {}).get("sha256") != read_utils.sha256_of(corpus):
+    corpus_sha256 = read_utils.sha256_of(corpus)
+    if saved and saved.get("corpus", {}).get("sha256") != corpus_sha256:
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
-    record = run_config(config, corpus)
+    record = run_config(config, corpus, corpus_sha256)
     with writing(checkpoint_dir):
         vocab.save(vocab_path)
         read_utils.write_json_atomic(config_path, record)
@@ -165,14 +166,14 @@ def make_optimizer():
     return keras.optimizers.Adam(learning_rate=schedule)
 
 
-def run_config(config, corpus):
+def run_config(config, corpus, corpus_sha256):
     """config.json: what sample.py and evaluate.py need, and what a resumed run keeps."""
     training = {k: FLAGS[k].value for k in READER_FLAGS + RECIPE_FLAGS}
     return {
         "format": CONFIG_FORMAT,
         "model": config.to_json(),
         "training": training,
-        "corpus": {"path": os.path.abspath(corpus), "sha256": read_utils.sha256_of(corpus)},
+        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256},
     }
 
 
