@@ -301,6 +301,7 @@ def writing(directory):
         yield
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        reason = reason.split("}} ")[-1]  # TensorFlow prefixes the failing graph function's name
         raise read_utils.InputError(
             f"cannot write to {directory}: {reason}; free some disk space or choose a writable "
             "--checkpoint_dir / --logdir"

@@ -123,6 +123,7 @@ def test_train_flag_out_of_range(tmp_path, flag, value):
     ("--top_p", 0, "top_p"),
     ("--top_p", 1.5, "top_p"),
     ("--top_k", 100000, "top_k"),
+    ("--form", "sonnet", "form"),
 ])
 def test_sample_flag_out_of_range(finished_run, flag, value, message):
     result = run_script("sample.py", "--checkpoint_dir", finished_run[0], flag, value, check=False)
@@ -284,3 +285,20 @@ def test_unwritable_checkpoint_directory_is_reported(toy_corpus, tmp_path):
         target = locked / "run"
     result = train_into(target, "--input", toy_corpus)
     assert_clean_failure(result, "cannot write", str(target))
+
+
+def test_full_disk_is_reported_and_nothing_is_left_half_written(toy_corpus, tmp_path):
+    """A 96 kB tmpfs: the run's small files fit, its first checkpoint does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts to make a small disk")
+    try:
+        result = run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", disk / "run", "--lstm_size", 256,
+                            "--embedding_size", 16, "--batch_size", 8, "--seq_length", 16, "--max_steps", 20,
+                            "--save_every_n", 10, "--eval_poems", 0, check=False)
+        assert_clean_failure(result, "cannot write to", "No space left on device")
+        assert not any(name.startswith("ckpt-10.") for name in os.listdir(disk / "run"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
