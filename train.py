@@ -224,8 +224,7 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, pr
                 tick += time.perf_counter() - paused  # validation time is not training speed
             if step % FLAGS.save_every_n == 0 or step == FLAGS.max_steps:
                 paused = time.perf_counter()
-                with writing(manager.directory):
-                    save_checkpoint(manager, step, sampler, projector, writers["validation"])
+                save_checkpoint(manager, step, sampler, projector, writers["validation"])
                 tick += time.perf_counter() - paused  # nor is sampling poems
             progbar.update(step, values)
     except (KeyboardInterrupt, Stop):
@@ -242,10 +241,14 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, pr
 
 
 def save_checkpoint(manager, step, sampler, projector, writer):
-    """A checkpoint, then what TensorBoard shows of it: its embedding, and poems sampled from it."""
-    manager.save(checkpoint_number=step)
-    if projector:
-        projector.save(step)
+    """A checkpoint, then what TensorBoard shows of it: its embedding, and poems sampled from it.
+
+    Only the writes count as write errors; a failure while sampling is not a disk problem.
+    """
+    with writing(manager.directory):
+        manager.save(checkpoint_number=step)
+        if projector:
+            projector.save(step)
     if sampler:
         with writer.as_default():
             sampler.log(manager.latest_checkpoint, step)
