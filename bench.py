@@ -84,7 +84,7 @@ def write_random_run(directory, size):
     config = model_lib.ModelConfig(
         vocab_size=len(vocab), embedding_size=size.embedding_size, lstm_size=size.lstm_size, num_layers=size.num_layers
     )
-    net = model_lib.build_model(config, 1)
+    net = model_lib.build_model(config)
     tf.train.CheckpointManager(model_lib.weights_checkpoint(net), directory, max_to_keep=1).save()
     vocab.save(os.path.join(directory, "vocab.json"))
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
@@ -163,6 +163,7 @@ def timed_steps(step, seconds):
 def train_speed(size, precision="float32"):
     """Characters per second through train.py's own compiled step (model.make_train_step)."""
     import keras
+    import tensorflow as tf
 
     import model as model_lib
 
@@ -171,11 +172,18 @@ def train_speed(size, precision="float32"):
         vocab_size=VOCAB_SIZE, embedding_size=size.embedding_size, lstm_size=size.lstm_size,
         num_layers=size.num_layers, dropout=0.1,
     )
-    net = model_lib.build_model(config, batch, precision)
-    train_step = model_lib.make_train_step(net, keras.optimizers.Adam(1e-3), 5.0)
-    window = random_windows(batch, steps)
+    net = model_lib.build_model(config, precision)
+    train_step = model_lib.make_train_step(net, keras.optimizers.Adam(1e-3), 5.0, tf.distribute.get_strategy())
+    window = tf.constant(random_windows(batch, steps))
     x, y = window[:, :-1], window[:, 1:]
-    calls, elapsed = timed_steps(lambda: float(train_step(x, y, False)[0]), FLAGS.seconds)
+    states = model_lib.zero_states(config, batch)
+
+    def step():
+        nonlocal states
+        loss, _, states = train_step(x, y, states, tf.constant(False))
+        float(loss)
+
+    calls, elapsed = timed_steps(step, FLAGS.seconds)
     return {"chars_per_s": round(calls * batch * steps / elapsed), "batch": f"{batch}x{steps}", "precision": precision}
 
 
@@ -252,34 +260,75 @@ def train_memory(size):
     return {"peak_rss_mb": figures["peak_rss_mb"], "chars_per_s": figures["chars_per_s"]}
 
 
-def encode_large_corpus(megabytes=100):
-    """Reads, builds the vocabulary of and encodes a generated corpus of the size given."""
+def generate_corpus(path, megabytes):
+    """A corpus of random twelve-character lines over 5,000 CJK ideographs, megabytes of UTF-8."""
     import numpy as np
 
     import read_utils
 
+    rng = np.random.default_rng(0)
+    lines, width = 100_000, 12
+    with open(path, "wb") as f:
+        while f.tell() < megabytes * 1_000_000:
+            block = np.full((lines, width + 1), read_utils.NEWLINE_CODE, np.uint32)
+            block[:, :width] = 0x4E00 + rng.integers(0, 5000, (lines, width))
+            f.write(read_utils.text_of(block.ravel()).encode("utf-8"))
+
+
+def encode_large_corpus(megabytes):
+    """Encodes a generated corpus as train.py does (read_utils.encode_corpus, into a fresh cache)."""
+    import read_utils
+
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "corpus.txt")
-        rng = np.random.default_rng(0)
-        alphabet = np.array([chr(0x4E00 + i) for i in range(5000)])
-        line_chars = 12
-        lines_per_block = 100_000
-        with open(path, "w", encoding="utf-8") as f:
-            while f.tell() < megabytes * 1_000_000:
-                block = alphabet[rng.integers(0, len(alphabet), (lines_per_block, line_chars))]
-                f.write("\n".join("".join(row) for row in block) + "\n")
+        generate_corpus(path, megabytes)
         start = time.perf_counter()
-        text = read_utils.read_text(path)
-        vocab = read_utils.Vocab.build(text)
-        ids = vocab.encode(text)
+        corpus = read_utils.encode_corpus(path, os.path.join(directory, "cache"), 0.05)
         elapsed = time.perf_counter() - start
-        return {"megabytes": round(os.path.getsize(path) / 1e6), "characters": len(ids), "seconds": round(elapsed, 2),
-                "ids_mb": round(ids.nbytes / 1e6)}
+        characters = len(corpus.train_ids) + len(corpus.val_ids)
+        return {"megabytes": round(os.path.getsize(path) / 1e6), "characters": characters, "seconds": round(elapsed, 2),
+                "ids_mb": round((corpus.train_ids.nbytes + corpus.val_ids.nbytes) / 1e6)}
 
 
-def encode_memory():
-    figures = in_child("encode_100mb")
+def encode_memory(megabytes):
+    figures = in_child(f"encode_{megabytes_name(megabytes)}")
     return {k: figures[k] for k in ("megabytes", "characters", "seconds", "peak_rss_mb")}
+
+
+def train_large_corpus(megabytes, steps=300):
+    """Peak resident memory of train.py (default model) training `steps` steps on a generated corpus."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "corpus.txt")
+        generate_corpus(path, megabytes)
+        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), "--input", path,
+                   "--checkpoint_dir", os.path.join(directory, "run"), "--cache_dir", os.path.join(directory, "cache"),
+                   "--max_steps", str(steps), "--save_every_n", str(steps), "--eval_every", str(steps)]
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)  # the resource usage of this child alone
+        stderr = proc.stderr.read().decode(errors="replace")
+        if status:
+            raise RuntimeError(f"train.py failed: {stderr[-2000:]}")
+        return {"megabytes": round(os.path.getsize(path) / 1e6), "steps": steps,
+                "seconds": round(time.perf_counter() - start, 1), "train_peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def encoding(megabytes):
+    """The time and the memory measurement of encoding a generated corpus of that size."""
+    name = megabytes_name(megabytes)
+    return [
+        Measurement(f"encode_{name}", f"train.py's corpus encoding (one pass, into a cache) of a generated {megabytes:,} MB corpus",
+                    functools.partial(encode_large_corpus, megabytes)),
+        Measurement(f"encode_memory_{name}", f"peak resident memory of a process doing encode_{name}",
+                    functools.partial(encode_memory, megabytes)),
+    ]
+
+
+def megabytes_name(megabytes):
+    return f"{megabytes // 1000}gb" if megabytes >= 1000 else f"{megabytes}mb"
 
 
 MEASUREMENTS = [
@@ -298,9 +347,10 @@ MEASUREMENTS = [
     Measurement("train_step_medium", "training, medium model, train.py's step alone", functools.partial(train_speed, MEDIUM)),
     Measurement("train_memory_medium", "peak resident memory of a process training the medium model",
                 functools.partial(train_memory, MEDIUM)),
-    Measurement("encode_100mb", "reading, building the vocabulary of and encoding a generated 100 MB corpus",
-                encode_large_corpus),
-    Measurement("encode_memory_100mb", "peak resident memory of a process doing encode_100mb", encode_memory),
+    *encoding(100),
+    *encoding(1000),
+    Measurement("train_memory_1gb", "peak resident memory of train.py (default model) training 300 steps on a "
+                "generated 1 GB corpus, encoding included", functools.partial(train_large_corpus, 1000)),
 ]
 
 

@@ -16,6 +16,7 @@ def _ours_or_warning(record):
 
 def quiet_library_info():
     logging.get_absl_handler().addFilter(_ours_or_warning)
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)  # its own handler, e.g. tf.distribute's INFO
 
 
 def fail(message):

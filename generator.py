@@ -291,7 +291,7 @@ class Generator:
 
     def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned=""):
         check_seen(vocab, {"--ban": banned})
-        net = model_lib.build_model(config, 1)  # the weights do not depend on the batch size
+        net = model_lib.build_model(config)
         restore_weights(net, checkpoint_path)
         self.step = CharStep.from_model(net)
         self.vocab = vocab

@@ -1,8 +1,9 @@
 """The Keras model: Embedding (or one-hot) -> stacked stateful LSTM -> Dense logits.
 
-The model is built for a fixed batch size because stateful LSTM layers keep one state row per
-stream. Its weights do not depend on the batch size, so a checkpoint written by training loads
-into a model of any batch size for sampling or evaluation.
+The LSTM is stateful across windows: the model takes each layer's (h, c) state and returns the
+new one, which the caller feeds into the next window of the same streams. Its weights do not
+depend on the batch size, so a checkpoint written by training loads into a model of any batch
+size for sampling or evaluation.
 """
 
 import dataclasses
@@ -44,42 +45,73 @@ class OneHot(layers.Layer):
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
-def build_model(config, batch_size, precision="float32"):
-    """A stateful char-LSTM for batch_size parallel streams of any length.
+def build_model(config, precision="float32"):
+    """The char-LSTM as a function of its state: [ids, *states] -> [logits, *new states].
 
-    The LSTM layers keep Keras' defaults (tanh/sigmoid, no recurrent dropout, no unroll), which
-    is what makes them take the cuDNN kernel on a GPU. precision "bfloat16" computes in bfloat16
-    with float32 weights (Keras' mixed_bfloat16 policy); the weights load into either precision.
+    states are (h, c) of each LSTM layer, [batch, lstm_size] each (zero_states makes them). The
+    caller carries the returned states into the next window, which makes the LSTM stateful across
+    windows; holding the states outside the layers lets each replica under tf.distribute keep
+    its own streams' states, and lets one set of weights serve any batch size. The LSTM layers
+    keep Keras' defaults (tanh/sigmoid, no recurrent dropout, no unroll), which is what makes
+    them take the cuDNN kernel on a GPU. precision "bfloat16" computes in bfloat16 with float32
+    weights (Keras' mixed_bfloat16 policy); the weights load into either precision.
     """
     policy = PRECISIONS[precision]
-    ids = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     if config.use_embedding:
         x = layers.Embedding(config.vocab_size, config.embedding_size, dtype=policy, name="embedding")(ids)
     else:
         x = OneHot(config.vocab_size, dtype=policy, name="one_hot")(ids)
+    states, new_states = [], []
     for i in range(config.num_layers):
-        x = layers.LSTM(config.lstm_size, return_sequences=True, stateful=True, dtype=policy, name=f"lstm_{i}")(x)
+        state = [keras.Input(shape=(config.lstm_size,), name=f"{part}_{i}") for part in "hc"]
+        lstm = layers.LSTM(config.lstm_size, return_sequences=True, return_state=True, dtype=policy, name=f"lstm_{i}")
+        x, *new_state = lstm(x, initial_state=state)
         x = layers.Dropout(config.dropout, dtype=policy, name=f"dropout_{i}")(x)
+        states += state
+        new_states += new_state
     x = layers.Dense(config.vocab_size, dtype=policy, name="logits")(x)
-    # The softmax and the loss always see float32 logits.
+    # The softmax and the loss always see float32 logits, and the carried states are float32.
     logits = layers.Activation("linear", dtype="float32", name="float32_logits")(x)
-    return keras.Model(ids, logits, name="char_rnn")
+    new_states = [layers.Activation("linear", dtype="float32", name=f"{s.name}_out")(s) for s in new_states]
+    return keras.Model([ids, *states], [logits, *new_states], name="char_rnn")
 
 
-def make_train_step(net, optimizer, grad_clip):
-    """The compiled training step: one window for every stream, the LSTM state carried over."""
+def zero_states(config, batch_size):
+    """The states a stream starts from: (h, c) zeros of every layer."""
+    return [tf.zeros([batch_size, config.lstm_size]) for _ in range(2 * config.num_layers)]
+
+
+def make_train_step(net, optimizer, grad_clip, strategy):
+    """The compiled training step, run on every replica of a tf.distribute strategy.
+
+    train_step(x, y, states, starts_epoch) -> (loss, gradient norm, new states). x, y and states
+    are per-replica values holding each replica's own streams (distribute.split_batch); loss and
+    gradient norm are of the whole global batch. The states start over from zero when the epoch
+    does, since the carried ones are from the streams' ends.
+    """
+
+    def replica_step(x, y, states, starts_epoch):
+        states = [tf.where(starts_epoch, tf.zeros_like(s), s) for s in states]
+        global_chars = tf.cast(tf.size(y) * strategy.num_replicas_in_sync, tf.float32)
+        with tf.GradientTape() as tape:
+            logits, *states = net([x, *states], training=True)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / global_chars
+        grads = tape.gradient(loss, net.trainable_variables)
+        # Clip by the norm of the summed gradient, as one device would; the optimizer does the sum.
+        # An infinite norm makes every gradient NaN, so the loss check stops the run.
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grad_norm = tf.linalg.global_norm(total)
+        grads, _ = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"), use_norm=grad_norm)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss, grad_norm, states
 
     @tf.function(reduce_retracing=True)
-    def train_step(x, y, starts_epoch):
-        if starts_epoch:  # the streams start over, so the carried state would be from their end
-            reset_states(net)
-        with tf.GradientTape() as tape:
-            logits = net(x, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, net.trainable_variables)
-        grads, grad_norm = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"))
-        optimizer.apply_gradients(zip(grads, net.trainable_variables))
-        return loss, grad_norm
+    def train_step(x, y, states, starts_epoch):
+        loss, grad_norm, states = strategy.run(replica_step, args=(x, y, states, starts_epoch))
+        sum_ = tf.distribute.ReduceOp.SUM
+        mean = tf.distribute.ReduceOp.MEAN
+        return strategy.reduce(sum_, loss, axis=None), strategy.reduce(mean, grad_norm, axis=None), states
 
     return train_step
 
@@ -88,21 +120,10 @@ def lstm_layers(model):
     return [layer for layer in model.layers if isinstance(layer, layers.LSTM)]
 
 
-def lstm_states(model):
-    """The state variables of every LSTM layer: (h, c) per layer, one row per stream."""
-    return [v for layer in lstm_layers(model) for v in layer.states]
-
-
-def reset_states(model):
-    for layer in lstm_layers(model):
-        layer.reset_state()
-
-
 def weights_checkpoint(model, **extra):
-    """A tf.train.Checkpoint of the model's weights that ignores the per-stream LSTM states.
+    """A tf.train.Checkpoint of the model's weights, which fit a model of any batch size.
 
-    The states' shape depends on the batch size, so they are left out here; training adds them
-    as `extra` to resume exactly where it stopped.
+    Training adds its optimizer and the streams' states as `extra`, to resume exactly.
     """
     return tf.train.Checkpoint(weights=model.weights, **extra)
 
@@ -110,18 +131,19 @@ def weights_checkpoint(model, **extra):
 class Evaluator:
     """Mean next-character loss (nats) of a model's weights on held-out ids.
 
-    It keeps its own stateful model sized for the evaluation streams; `loss(source)` first copies
-    the weights of `source` (the training model) into it.
+    It keeps its own model, outside any distribution strategy; `loss(source)` first copies the
+    weights of `source` (the training model) into it.
     """
 
     def __init__(self, config, windows):
+        self.config = config
         self.windows = windows
-        self.model = build_model(config, windows.num_streams)
+        self.model = build_model(config)
 
-        @tf.function(input_signature=[tf.TensorSpec([windows.num_streams, None], tf.int32)] * 2)
-        def summed_loss(x, y):
-            logits = self.model(x, training=False)
-            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        @tf.function(reduce_retracing=True)
+        def summed_loss(x, y, states):
+            logits, *states = self.model([x, *states], training=False)
+            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)), states
 
         self.summed_loss = summed_loss
 
@@ -129,17 +151,20 @@ class Evaluator:
         if source is not None:
             for target, value in zip(self.model.weights, source.weights):
                 target.assign(value)
-        reset_states(self.model)
-        total = sum(float(self.summed_loss(x, y)) for x, y in self.windows)
+        states = zero_states(self.config, self.windows.num_streams)
+        total = 0.0
+        for x, y in self.windows:
+            summed, states = self.summed_loss(x, y, states)
+            total += float(summed)
         return total / self.windows.num_targets
 
 
-def init_output_bias(net, ids):
-    """Starts the logits at the corpus' character frequencies.
+def init_output_bias(net, counts):
+    """Starts the logits at the corpus' character frequencies (counts: occurrences per id).
 
     With zero biases the model first spends hundreds of steps learning the unigram distribution
     and then sits on a plateau there (about 6.2 nats/char on poetry.txt); starting from the
     log-frequencies skips both, so the LSTM learns context from the first step.
     """
-    counts = np.bincount(ids, minlength=net.output_shape[-1]).astype(np.float64) + 0.5
+    counts = np.asarray(counts, np.float64) + 0.5
     net.get_layer("logits").bias.assign(np.log(counts / counts.sum()).astype(np.float32))

@@ -5,9 +5,12 @@ reads it as B parallel contiguous streams cut into T-step windows, so row i of w
 continues row i of window k and the LSTM state can carry across windows.
 """
 
+import codecs
 import hashlib
 import json
 import os
+import shutil
+import typing
 from fractions import Fraction
 
 import numpy as np
@@ -69,38 +72,80 @@ def default_corpus_path():
         ) from None
 
 
-def read_text(path):
-    """Reads a UTF-8 text file; Windows line ends and a byte-order mark are normalised away."""
+CHUNK_BYTES = 1 << 24  # the file is read, decoded and encoded this many bytes at a time
+
+
+def text_chunks(path):
+    """The text of a UTF-8 file in pieces, checked and normalised (BOM dropped, CRLF and CR to LF).
+
+    Reading CHUNK_BYTES at a time keeps memory flat however large the file; joined, the pieces
+    are read_text().
+    """
+    check_text_file(path)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset, held_back = 0, ""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(CHUNK_BYTES)
+            try:
+                text = held_back + decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise not_utf8_error(path, offset + e.start, data) from None
+            offset += len(data)
+            # A CR at the end may be the first half of a CRLF split between two reads.
+            held_back = "\r" if data and text.endswith("\r") else ""
+            text = text[: len(text) - len(held_back)]
+            yield text.replace("\r\n", "\n").replace("\r", "\n")
+            if not data:
+                return
+
+
+def check_text_file(path):
+    """Errors for what is plainly not a text file: missing, a directory, a known binary format, NUL bytes."""
     if not os.path.exists(path):
         raise InputError(f"input file {path} does not exist; pass --input with a UTF-8 text file")
     if os.path.isdir(path):
         raise InputError(f"input {path} is a directory; pass --input with a UTF-8 text file")
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.strip():
-        raise InputError(f"input file {path} is empty; pass --input with a UTF-8 text file")
+        head = f.read(65536)
     for magic, kind in _BINARY_MAGIC.items():
-        if data.startswith(magic):
+        if head.startswith(magic):
             raise InputError(f"input file {path} is {kind}, not text; pass a UTF-8 text file")
-    if b"\x00" in data[:65536]:
+    if b"\x00" in head:
         raise InputError(
             f"input file {path} is binary (it contains NUL bytes), not UTF-8 text; "
             "pass a UTF-8 text file (UTF-16 files: convert with iconv -f UTF-16 -t UTF-8)"
         )
+
+
+def not_utf8_error(path, offset, data):
+    hint = ""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        hint = ""
-        try:
-            data.decode("gb18030")
-            hint = " It looks like GBK/GB18030-encoded Chinese:"
-        except UnicodeDecodeError:
-            pass
-        raise InputError(
-            f"input file {path} is not UTF-8 (bad byte at offset {e.start}).{hint} "
-            f"convert it first, e.g. iconv -f GB18030 -t UTF-8 {path} > converted.txt"
-        ) from None
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+        codecs.getincrementaldecoder("gb18030")().decode(data)  # a piece may end inside a character
+        hint = " It looks like GBK/GB18030-encoded Chinese:"
+    except UnicodeDecodeError:
+        pass
+    return InputError(
+        f"input file {path} is not UTF-8 (bad byte at offset {offset}).{hint} "
+        f"convert it first, e.g. iconv -f GB18030 -t UTF-8 {path} > converted.txt"
+    )
+
+
+def empty_error(path):
+    return InputError(f"input file {path} is empty; pass --input with a UTF-8 text file")
+
+
+def default_cache_dir():
+    """$XDG_CACHE_HOME/charrnn, or ~/.cache/charrnn: encoded corpora, kept between runs."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "charrnn")
+
+
+def read_text(path):
+    """Reads a whole UTF-8 text file; Windows line ends and a byte-order mark are normalised away."""
+    text = "".join(text_chunks(path))
+    if not text.strip():
+        raise empty_error(path)
+    return text
 
 
 def codepoints(text):
@@ -108,23 +153,41 @@ def codepoints(text):
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def split_lines(text, val_fraction):
-    """Deterministic split of whole lines: line n (1-based) is held out when n*f crosses an integer.
+def text_of(cps):
+    return np.ascontiguousarray(cps, dtype=np.uint32).tobytes().decode("utf-32-le")
 
-    With f = 0.05 that is lines 20, 40, 60, ...: one line in 20, spread over the whole file.
-    Returns (train_text, val_text).
+
+class LineSplit:
+    """Which characters belong to held-out lines, decided piece by piece over a stream of text.
+
+    Line n (1-based) is held out when n*f crosses an integer: with f = 0.05 that is lines 20, 40,
+    60, ...: one line in 20, spread over the whole file. A line's break belongs to the line.
     """
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if val_fraction <= 0:
-        return "\n".join(lines) + "\n", ""
-    f = Fraction(val_fraction).limit_denominator(1_000_000)
-    n = np.arange(1, len(lines) + 1, dtype=np.int64)
-    held_out = (n * f.numerator) // f.denominator > ((n - 1) * f.numerator) // f.denominator
-    train = [line for line, h in zip(lines, held_out) if not h]
-    val = [line for line, h in zip(lines, held_out) if h]
-    return "".join(line + "\n" for line in train), "".join(line + "\n" for line in val)
+
+    def __init__(self, val_fraction):
+        f = Fraction(val_fraction).limit_denominator(1_000_000)
+        self.num, self.den = f.numerator, f.denominator
+        self.lines_before = 0  # line breaks in the pieces seen so far
+
+    def held_out(self, cps):
+        """A boolean mask over the code points of the next piece: True for held-out characters."""
+        breaks = cps == NEWLINE_CODE
+        line = self.lines_before + 1 + np.cumsum(breaks) - breaks
+        self.lines_before += int(breaks.sum())
+        return (line * self.num) // self.den > ((line - 1) * self.num) // self.den
+
+
+NEWLINE_CODE = ord("\n")
+UNICODE_SIZE = 0x110000  # code points run from 0 to 0x10FFFF
+
+
+def split_lines(text, val_fraction):
+    """(train_text, val_text) of whole lines (see LineSplit); every line ends in a line break."""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    cps = codepoints(text)
+    held = LineSplit(val_fraction).held_out(cps)
+    return text_of(cps[~held]), text_of(cps[held])
 
 
 class Vocab:
@@ -134,14 +197,19 @@ class Vocab:
         if not chars or chars[0] != UNKNOWN:
             raise ValueError("a vocabulary starts with the unknown entry")
         self.chars = list(chars)
-        self._codes = np.array([ord(c) for c in self.chars[1:]], dtype=np.int64)
-        self._order = np.argsort(self._codes)
+        self._codes = np.array([ord(c) for c in self.chars[1:]], dtype=np.uint32)
+        self._ids = np.zeros(UNICODE_SIZE, self.dtype)  # id of every code point, 0 when unknown
+        self._ids[self._codes] = np.arange(1, len(self.chars))
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
     def build(cls, text, max_vocab=0):
         """From a text, most frequent first (ties by code point); max_vocab > 0 caps the size."""
-        codes, counts = np.unique(codepoints(text), return_counts=True)
+        return cls.from_counts(*np.unique(codepoints(text), return_counts=True), max_vocab)
+
+    @classmethod
+    def from_counts(cls, codes, counts, max_vocab=0):
+        """From distinct code points and how often each occurs, as build() orders them."""
         order = np.lexsort((codes, -counts))
         if max_vocab > 0:
             order = order[: max_vocab - 1]
@@ -156,15 +224,15 @@ class Vocab:
 
     def encode(self, text):
         """Text to a compact id array; characters outside the vocabulary become 0."""
-        cps = codepoints(text).astype(np.int64)
-        sorted_codes = self._codes[self._order]
-        pos = np.searchsorted(sorted_codes, cps).clip(0, max(len(sorted_codes) - 1, 0))
-        found = sorted_codes[pos] == cps if len(sorted_codes) else np.zeros(len(cps), bool)
-        ids = np.where(found, self._order[pos] + 1, 0)
-        return ids.astype(self.dtype)
+        return self.encode_codepoints(codepoints(text))
 
-    def decode(self, ids, skip_unknown=True):
-        return "".join(self.chars[i] for i in ids if i or not skip_unknown)
+    def encode_codepoints(self, cps):
+        return self._ids[cps]
+
+    def decode(self, ids):
+        """Ids to text; the unknown id is left out."""
+        ids = np.asarray(ids)
+        return text_of(self._codes[ids[ids > 0] - 1])
 
     def id_of(self, char):
         return self._index.get(char, 0)
@@ -201,6 +269,111 @@ def write_json_atomic(path, obj):
     os.replace(tmp, path)
 
 
+class Corpus(typing.NamedTuple):
+    """A corpus encoded to ids: its vocabulary and its training and held-out ids, memory-mapped."""
+
+    vocab: Vocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    counts: np.ndarray  # occurrences of each id in the training ids
+    unseen: list  # training characters outside a given vocabulary (always empty for a built one)
+
+
+CACHE_FORMAT = 1
+
+
+def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256=None):
+    """The Corpus of a text file, encoded once into cache_dir and memory-mapped from there.
+
+    The cache is reused while the file (by its sha256), the split and the vocabulary stay the
+    same, and rebuilt otherwise. Encoding reads the file once, in pieces: each piece is split into
+    training and held-out lines, their code points go to temporary files and the training ones are
+    counted; then the vocabulary is built from the counts (unless one is given) and the code points
+    are mapped to ids. Memory stays flat whatever the file's size.
+    """
+    sha256 = sha256 or sha256_of(path)
+    key = {"format": CACHE_FORMAT, "corpus_sha256": sha256, "val_fraction": val_fraction,
+           "max_vocab": max_vocab, "given_vocab": vocab is not None}
+    cached = load_cached_corpus(cache_dir, key, vocab)
+    if cached:
+        return cached
+    os.makedirs(cache_dir, exist_ok=True)
+    meta_path = os.path.join(cache_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # the files are about to change: never leave a key that does not match them
+    try:
+        counts_by_code = split_code_points(path, val_fraction, cache_dir)
+        if vocab is None:
+            codes = np.flatnonzero(counts_by_code)
+            vocab = Vocab.from_counts(codes, counts_by_code[codes], max_vocab)
+        for part in ("train", "val"):
+            write_ids(os.path.join(cache_dir, f"{part}.cp"), os.path.join(cache_dir, f"{part}.npy"), vocab)
+    except BaseException:
+        shutil.rmtree(cache_dir, ignore_errors=True)  # not a text file, interrupted, disk full: leave nothing
+        raise
+    counts = np.zeros(len(vocab), np.int64)
+    np.add.at(counts, vocab.encode_codepoints(np.arange(UNICODE_SIZE)), counts_by_code)
+    np.save(os.path.join(cache_dir, "counts.npy"), counts)
+    vocab.save(os.path.join(cache_dir, "vocab.json"))
+    unseen = [chr(c) for c in np.flatnonzero(counts_by_code) if not vocab.encode_codepoints(c)] if key["given_vocab"] else []
+    write_json_atomic(meta_path, {"key": key, "unseen": unseen})
+    return load_cached_corpus(cache_dir, key, vocab)
+
+
+def split_code_points(path, val_fraction, out_dir):
+    """Streams the file into out_dir/train.cp and val.cp (raw uint32 code points, every line
+    ending in a line break); returns how often each code point occurs in the training lines."""
+    counts = np.zeros(UNICODE_SIZE, np.int64)
+    split = LineSplit(val_fraction)
+    has_text, last = False, "\n"
+    with open(os.path.join(out_dir, "train.cp"), "wb") as train, open(os.path.join(out_dir, "val.cp"), "wb") as val:
+
+        def add(cps):
+            held = split.held_out(cps)
+            train.write(cps[~held].tobytes())
+            val.write(cps[held].tobytes())
+            counts[:] += np.bincount(cps[~held], minlength=UNICODE_SIZE)
+
+        for piece in text_chunks(path):
+            if piece:
+                add(codepoints(piece))
+                has_text = has_text or bool(piece.strip())
+                last = piece[-1]
+        if last != "\n":
+            add(np.array([NEWLINE_CODE], np.uint32))
+    if not has_text:
+        raise empty_error(path)
+    return counts
+
+
+def write_ids(cp_path, npy_path, vocab, chunk=1 << 22):
+    """Maps the raw code points in cp_path to vocab ids in a .npy file, and removes cp_path."""
+    length = os.path.getsize(cp_path) // 4
+    tmp = f"{npy_path}.tmp{os.getpid()}"
+    with open(cp_path, "rb") as source, open(tmp, "wb") as target:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(vocab.dtype)), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(target, header)
+        while len(cps := np.fromfile(source, np.uint32, chunk)):
+            target.write(vocab.encode_codepoints(cps).tobytes())
+    os.replace(tmp, npy_path)
+    os.remove(cp_path)
+
+
+def load_cached_corpus(cache_dir, key, vocab=None):
+    """The Corpus in cache_dir if it was encoded with this key (and this vocab, when one is given)."""
+    try:
+        with open(os.path.join(cache_dir, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        cached_vocab = Vocab.load(os.path.join(cache_dir, "vocab.json"))
+        if meta["key"] != key or (vocab is not None and cached_vocab.chars != vocab.chars):
+            return None
+        train_ids, val_ids = (np.load(os.path.join(cache_dir, f"{part}.npy"), mmap_mode="r") for part in ("train", "val"))
+        counts = np.load(os.path.join(cache_dir, "counts.npy"))
+        return Corpus(cached_vocab, train_ids, val_ids, counts, meta["unseen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: encode again
+
+
 class StreamReader:
     """B contiguous streams over an id array, served as T-step (inputs, targets) windows.
 
@@ -208,6 +381,7 @@ class StreamReader:
     targets being the inputs shifted by one character. Window k+1 continues window k, so the
     training step carries the LSTM state across windows and resets it when an epoch starts over.
     The reader position is simply the number of windows served, i.e. the training step.
+    The streams are a strided view of ids, so a memory-mapped corpus is read a window at a time.
     """
 
     def __init__(self, ids, batch_size, seq_length):
@@ -222,25 +396,25 @@ class StreamReader:
         self.batch_size = batch_size
         self.seq_length = seq_length
         used = self.windows_per_epoch * seq_length
-        starts = np.arange(batch_size) * stream_length
         # (B, used + 1): one extra column so the last window has its targets.
-        self.streams = ids[starts[:, None] + np.arange(used + 1)[None, :]]
+        step = ids.strides[0]
+        self.streams = np.lib.stride_tricks.as_strided(
+            ids, shape=(batch_size, used + 1), strides=(stream_length * step, step), writeable=False
+        )
 
     def window(self, step):
         """(inputs, targets, starts_epoch) of the window served at a given training step."""
         k = step % self.windows_per_epoch
-        block = self.streams[:, k * self.seq_length : (k + 1) * self.seq_length + 1]
+        block = self.streams[:, k * self.seq_length : (k + 1) * self.seq_length + 1].astype(np.int32)
         return block[:, :-1], block[:, 1:], k == 0
 
     def dataset(self, start_step, end_step):
         """tf.data pipeline of windows for steps [start_step, end_step), prefetched."""
-        streams = tf.constant(self.streams)
-        T, W = self.seq_length, self.windows_per_epoch
+        shape = [self.batch_size, self.seq_length]
 
         def window(step):
-            k = step % W
-            block = tf.cast(streams[:, k * T : (k + 1) * T + 1], tf.int32)
-            return block[:, :-1], block[:, 1:], tf.equal(k, 0)
+            x, y, starts_epoch = tf.numpy_function(self.window, [step], [tf.int32, tf.int32, tf.bool], stateful=False)
+            return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape), tf.ensure_shape(starts_epoch, [])
 
         ds = tf.data.Dataset.range(start_step, end_step).map(window).prefetch(2)
         options = tf.data.Options()
@@ -254,10 +428,12 @@ class EvalWindows:
 
     Every character but the last few (fewer than num_streams) is a target exactly once; the last
     window may be shorter than seq_length. Each stream starts from a zero state, which costs a
-    few characters of context, so streams are kept at least min_stream_length long.
+    few characters of context, so streams are kept at least min_stream_length long. max_chars
+    keeps evaluation of a huge held-out set short: only its first max_chars characters count.
     """
 
-    def __init__(self, ids, num_streams, seq_length, min_stream_length=1000):
+    def __init__(self, ids, num_streams, seq_length, min_stream_length=1000, max_chars=None):
+        ids = ids[:max_chars]
         self.num_streams = max(1, min(num_streams, (len(ids) - 1) // min_stream_length))
         stream_length = (len(ids) - 1) // self.num_streams
         if stream_length < 1:

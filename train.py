@@ -14,12 +14,14 @@ import os
 import signal
 import sys
 import time
+import typing
 
 import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
 import cli
+import distribute
 import model as model_lib
 import monitor
 import poem_metrics
@@ -52,6 +54,13 @@ flags.DEFINE_integer("log_every_n", 500, "log training loss every this many step
 flags.DEFINE_integer("max_to_keep", 3, "checkpoints kept on disk", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "random seed for initialisation and dropout")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "training arithmetic: bfloat16 is mixed precision (float32 weights)")
+flags.DEFINE_integer("eval_chars", 1_000_000, "validate on at most this many held-out characters (keeps huge corpora quick)", lower_bound=2)
+flags.DEFINE_string("cache_dir", read_utils.default_cache_dir(), "where encoded corpora are kept (safe to delete)")
+# Scaling out (README: "Training on several GPUs or machines").
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy: one device, all local GPUs, "
+                  "workers from TF_CONFIG, or a TPU; --batch_size is the global batch, split over the replicas")
+flags.DEFINE_string("tpu", "", "with --strategy tpu: the TPU's name or grpc:// address (empty: a local TPU)")
+flags.DEFINE_integer("cpu_devices", 1, "split the CPU into this many devices, to try --strategy mirrored without GPUs", lower_bound=1)
 # The original project's flag names, so its README commands run unchanged.
 flags.DEFINE_alias("input_file", "input")
 flags.DEFINE_alias("num_seqs", "batch_size")
@@ -67,10 +76,7 @@ READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "val_fraction")
 # The rest of the recipe: a resumed run keeps it unless a flag says otherwise.
 RECIPE_FLAGS = ("max_steps", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed", "precision")
 CONFIG_FORMAT = 1
-
-
-class Stop(Exception):
-    """SIGTERM: stop like Ctrl-C, saving a checkpoint first."""
+SCORER_CHARS = 5_000_000  # the copy rate of sampled poems is judged against this much training text
 
 
 def main(argv):
@@ -85,6 +91,18 @@ def main(argv):
 def train():
     if FLAGS.train_keep_prob is not None:
         FLAGS.dropout = 1.0 - FLAGS.train_keep_prob
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_devices)  # before other TF work
+    scratch = None if distribute.is_chief(strategy) else distribute.scratch_dir(strategy)
+    try:
+        train_with(strategy, scratch)
+    finally:
+        if scratch:
+            distribute.remove_scratch(scratch)
+
+
+def train_with(strategy, scratch):
+    """Training under a strategy; scratch is None for the chief, which alone keeps what it writes."""
+    chief = scratch is None
     checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
     logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
     if os.path.realpath(logdir) == os.path.realpath(checkpoint_dir):
@@ -95,62 +113,73 @@ def train():
     saved, saved_vocab = load_saved_run(config_path, vocab_path)
     if saved:
         adopt_saved_settings(saved)
+    replicas = strategy.num_replicas_in_sync
+    if FLAGS.batch_size % replicas:
+        raise read_utils.InputError(
+            f"--batch_size {FLAGS.batch_size} does not split evenly over {replicas} replicas; use a multiple of {replicas}"
+        )
     corpus = FLAGS.input or read_utils.default_corpus_path()
-    vocab, train_text, train_ids, val_ids = load_corpus(corpus, saved_vocab)
-    reader = read_utils.StreamReader(train_ids, FLAGS.batch_size, FLAGS.seq_length)
+    read_utils.check_text_file(corpus)  # before hashing it, for a clear error
+    corpus_sha256 = read_utils.sha256_of(corpus)
+    cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
+    data = load_corpus(corpus, saved_vocab, corpus_sha256, cache_dir)
+    vocab = data.vocab
+    reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in MODEL_FLAGS})
     logging.info(
-        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch",
-        corpus, f"{len(train_ids):,}", f"{len(val_ids):,}", len(vocab), reader.windows_per_epoch,
+        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s)",
+        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", len(vocab), reader.windows_per_epoch, replicas,
     )
 
     keras.utils.set_random_seed(FLAGS.seed)
-    net = model_lib.build_model(config, FLAGS.batch_size, FLAGS.precision)
-    optimizer = make_optimizer()
-    optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
+    with strategy.scope():
+        net = model_lib.build_model(config, FLAGS.precision)
+        optimizer = make_optimizer()
+        optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
+    # The streams' LSTM states as of the last save, so a resumed run continues them exactly.
+    states = [tf.Variable(state, trainable=False) for state in model_lib.zero_states(config, FLAGS.batch_size)]
     # optimizer.iterations is the step and, one window per step, the reader position too.
-    checkpoint = model_lib.weights_checkpoint(net, optimizer=optimizer, lstm_states=model_lib.lstm_states(net))
-    with writing(checkpoint_dir):
-        os.makedirs(checkpoint_dir, exist_ok=True)
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=FLAGS.max_to_keep)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(optimizer.iterations))
+    checkpoint = model_lib.weights_checkpoint(net, optimizer=optimizer, lstm_states=states)
+    save_dir = scratch or checkpoint_dir
+    with writing(save_dir):
+        os.makedirs(save_dir, exist_ok=True)
+        manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=FLAGS.max_to_keep)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)  # every worker resumes from the chief's
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
     else:
-        model_lib.init_output_bias(net, train_ids)
-    corpus_sha256 = read_utils.sha256_of(corpus)
+        model_lib.init_output_bias(net, data.counts)
     if saved and saved.get("corpus", {}).get("sha256") != corpus_sha256:
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
-    record = run_config(config, corpus, corpus_sha256)
-    with writing(checkpoint_dir):
-        vocab.save(vocab_path)
-        read_utils.write_json_atomic(config_path, record)
-    with writing(logdir):
-        monitor.log_run_config(logdir, record)
-        projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
+    projector = evaluator = sampler = None
+    if chief:
+        record = run_config(config, corpus, corpus_sha256)
+        with writing(checkpoint_dir):
+            vocab.save(vocab_path)
+            read_utils.write_json_atomic(config_path, record)
+        with writing(logdir):
+            monitor.log_run_config(logdir, record)
+            projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
+        if len(data.val_ids) > 1:
+            windows = read_utils.EvalWindows(data.val_ids, 16, FLAGS.seq_length, max_chars=FLAGS.eval_chars)
+            evaluator = model_lib.Evaluator(config, windows)
+        if FLAGS.eval_poems:
+            scorer = poem_metrics.PoemScorer.from_training_text(vocab.decode(data.train_ids[:SCORER_CHARS]))
+            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
+    run = Run(strategy, net, optimizer, states, manager, projector)
+    run_training(run, reader, evaluator, logdir if chief else None, sampler)
 
-    evaluator = None
-    if len(val_ids) > 1:
-        evaluator = model_lib.Evaluator(config, read_utils.EvalWindows(val_ids, 16, FLAGS.seq_length))
-    sampler = None
-    if FLAGS.eval_poems:
-        scorer = poem_metrics.PoemScorer.from_training_text(train_text)
-        sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
-    run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, projector)
 
-
-def load_corpus(corpus, saved_vocab):
-    """(vocab, training text, training ids, validation ids); a resumed run keeps its saved vocabulary."""
-    text = read_utils.read_text(corpus)
-    train_text, val_text = read_utils.split_lines(text, FLAGS.val_fraction)
-    vocab = saved_vocab or read_utils.Vocab.build(train_text, FLAGS.max_vocab)
-    unseen = vocab.unknown_chars(train_text) if saved_vocab and not FLAGS.max_vocab else []
-    if unseen:
+def load_corpus(corpus, saved_vocab, sha256, cache_dir):
+    """The encoded corpus (read_utils.Corpus); a resumed run keeps its saved vocabulary."""
+    data = read_utils.encode_corpus(corpus, cache_dir, FLAGS.val_fraction, saved_vocab, FLAGS.max_vocab, sha256)
+    if data.unseen and not FLAGS.max_vocab:
         raise read_utils.InputError(
-            f"{corpus} has {len(unseen)} characters that the run's saved vocabulary lacks "
-            f"(e.g. {''.join(unseen[:10])!r}); train on it under a new --name"
+            f"{corpus} has {len(data.unseen)} characters that the run's saved vocabulary lacks "
+            f"(e.g. {''.join(data.unseen[:10])!r}); train on it under a new --name"
         )
-    return vocab, train_text, vocab.encode(train_text), vocab.encode(val_text)
+    return data
 
 
 def make_optimizer():
@@ -177,25 +206,52 @@ def run_config(config, corpus, corpus_sha256):
     }
 
 
-def run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, projector):
-    """The loop: train, log, validate, checkpoint; Ctrl-C or SIGTERM saves and stops."""
-    train_step = model_lib.make_train_step(net, optimizer, FLAGS.grad_clip)
+class Run(typing.NamedTuple):
+    """What the training loop works on and saves."""
+
+    strategy: tf.distribute.Strategy
+    net: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    states: list  # variables holding the streams' LSTM states at the last save
+    manager: tf.train.CheckpointManager
+    projector: monitor.EmbeddingProjector | None
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            sys.exit(f"{os.path.basename(sys.argv[0])}: stopped without saving; the last checkpoint is kept")
+        self.requested = True
+
+
+def run_training(run, reader, evaluator, logdir, sampler):
+    """The loop: train, log, validate, checkpoint. logdir None writes no logs (a non-chief worker)."""
+    strategy, optimizer = run.strategy, run.optimizer
+    train_step = model_lib.make_train_step(run.net, optimizer, FLAGS.grad_clip, strategy)
     writers = {
-        "train": tf.summary.create_file_writer(os.path.join(logdir, "train")),
-        "validation": tf.summary.create_file_writer(os.path.join(logdir, "validation")),
+        name: tf.summary.create_file_writer(os.path.join(logdir, name)) if logdir else tf.summary.create_noop_writer()
+        for name in ("train", "validation")
     }
-    start = int(optimizer.iterations)
+    start = int(optimizer.iterations.numpy())
     if start >= FLAGS.max_steps:
         logging.info("already at step %d of --max_steps %d; raise --max_steps to train more", start, FLAGS.max_steps)
     progbar = keras.utils.Progbar(FLAGS.max_steps, stateful_metrics=["loss", "chars/s", "val_loss"])
     progbar.update(start)
     chars_per_step = reader.batch_size * reader.seq_length
     tick, tick_step = time.perf_counter(), start
-    signal.signal(signal.SIGTERM, raise_stop)
+    states = distribute.split_batch(strategy, [tf.convert_to_tensor(state) for state in run.states])
+    stop = StopRequest()
     try:
         for x, y, starts_epoch in reader.dataset(start, FLAGS.max_steps):
-            loss, grad_norm = train_step(x, y, starts_epoch)
-            step, loss = int(optimizer.iterations), float(loss)
+            loss, grad_norm, states = train_step(*distribute.split_batch(strategy, [x, y]), states, starts_epoch)
+            step, loss = int(optimizer.iterations.numpy()), float(loss)
             if not math.isfinite(loss):
                 cli.fail(
                     f"the training loss became {loss} at step {step}; stopped without saving, so the last "
@@ -209,53 +265,48 @@ def run_training(net, optimizer, reader, evaluator, manager, logdir, sampler, pr
                 values.append(("chars/s", speed))
                 with writers["train"].as_default(step=step):
                     tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
                     tf.summary.scalar("grad_norm", float(grad_norm))
                     tf.summary.scalar("chars_per_second", speed)
             if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
                 paused = time.perf_counter()
-                val_loss = evaluator.loss(net)
+                val_loss = evaluator.loss(run.net)
                 values.append(("val_loss", val_loss))
                 with writers["validation"].as_default(step=step):
                     tf.summary.scalar("loss", val_loss)
                     tf.summary.scalar("bits_per_char", val_loss / math.log(2))
-                    tf.summary.scalar("perplexity", math.exp(val_loss))
+                    tf.summary.scalar("perplexity", math.exp(val_loss) if val_loss < 88 else math.inf)  # float32 range
                 logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
                 tick += time.perf_counter() - paused  # validation time is not training speed
             if step % FLAGS.save_every_n == 0 or step == FLAGS.max_steps:
                 paused = time.perf_counter()
-                save_checkpoint(manager, step, sampler, projector, writers["validation"])
+                save_checkpoint(run, states, step)
+                if sampler:
+                    with writers["validation"].as_default():
+                        sampler.log(run.manager.latest_checkpoint, step)
                 tick += time.perf_counter() - paused  # nor is sampling poems
             progbar.update(step, values)
-    except (KeyboardInterrupt, Stop):
-        print(file=sys.stderr)
-        logging.info("interrupted at step %d: saving a checkpoint", int(optimizer.iterations))
+            if stop.requested:
+                print(file=sys.stderr)
+                logging.info("interrupted at step %d: saving a checkpoint", step)
+                break
     finally:
         for writer in writers.values():
             writer.flush()
-    step = int(optimizer.iterations)
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-        with writing(manager.directory):
-            manager.save(checkpoint_number=step)
-    logging.info("checkpoint %s", manager.latest_checkpoint)
+    step = int(optimizer.iterations.numpy())
+    if run.manager.latest_checkpoint is None or not run.manager.latest_checkpoint.endswith(f"-{step}"):
+        save_checkpoint(run, states, step)
+    logging.info("checkpoint %s", run.manager.latest_checkpoint)
 
 
-def save_checkpoint(manager, step, sampler, projector, writer):
-    """A checkpoint, then what TensorBoard shows of it: its embedding, and poems sampled from it.
-
-    Only the writes count as write errors; a failure while sampling is not a disk problem.
-    """
-    with writing(manager.directory):
-        manager.save(checkpoint_number=step)
-        if projector:
-            projector.save(step)
-    if sampler:
-        with writer.as_default():
-            sampler.log(manager.latest_checkpoint, step)
-
-
-def raise_stop(signum, frame):
-    raise Stop()
+def save_checkpoint(run, states, step):
+    """A checkpoint of the step with the streams' current states, and the projector's embedding."""
+    for variable, value in zip(run.states, distribute.join_batch(run.strategy, states)):
+        variable.assign(value)
+    with writing(run.manager.directory):
+        run.manager.save(checkpoint_number=step)
+        if run.projector:
+            run.projector.save(step)
 
 
 def load_saved_run(config_path, vocab_path):

@@ -1,3 +1,5 @@
+import collections
+import glob
 import os
 import random
 import subprocess
@@ -16,6 +18,19 @@ def couplets(n, seed=0):
     rng = random.Random(seed)
     clause = lambda: "".join(rng.choice(CHARS) for _ in range(5))  # noqa: E731
     return "".join(f"{clause()}，{clause()}。\n" for _ in range(n))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory):
+    """Encoded corpora go to a cache of the test session's own, not the user's ~/.cache/charrnn."""
+    path = tmp_path_factory.mktemp("xdg_cache")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)  # the entry points run as subprocesses and inherit it
+    yield path / "charrnn"
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 @pytest.fixture
@@ -60,3 +75,26 @@ def trained_run(tmp_path_factory):
     run_dir, corpus = train_toy_run(tmp_path_factory.mktemp("run"), 600, "--max_steps", 300, "--warmup_steps", 10,
                                     "--learning_rate", 0.01, "--eval_every", 100, "--save_every_n", 100)
     return str(run_dir), str(corpus)
+
+
+def summaries(run_dir):
+    """(step, summary value) of every summary in a run's event files."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                yield event.step, value
+
+
+def read_run(run_dir):
+    """{tag: [(step, value)]} of a run's scalars and texts, texts as str."""
+    import tensorflow as tf
+
+    series = collections.defaultdict(list)
+    for step, value in summaries(run_dir):
+        data = tf.make_ndarray(value.tensor).item()
+        series[value.tag].append((step, data.decode() if isinstance(data, bytes) else data))
+    return series

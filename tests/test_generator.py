@@ -76,11 +76,11 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
 def test_hand_written_step_gives_the_keras_models_logits(use_embedding):
     config = model_lib.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
                                    use_embedding=use_embedding)
-    net = model_lib.build_model(config, batch_size=2)
+    net = model_lib.build_model(config)
     for i, v in enumerate(net.trainable_variables):
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=i))
     ids = np.random.default_rng(0).integers(0, 37, (2, 15)).astype(np.int32)
-    expected = net(ids, training=False).numpy()
+    expected = net([tf.constant(ids), *model_lib.zero_states(config, 2)], training=False)[0].numpy()
     step = generator.CharStep.from_model(net)
     state, logits = step.zero_state(2), []
     for t in range(ids.shape[1]):

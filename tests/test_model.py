@@ -1,73 +1,103 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import layers
 
 import model as model_lib
-from model import ModelConfig, build_model
+from model import ModelConfig, build_model, zero_states
 
 CONFIG = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.1)
 
 
-def test_logits_cover_the_vocabulary():
-    net = build_model(CONFIG, batch_size=3)
-    assert net(np.zeros((3, 5), np.int32)).shape == (3, 5, 20)
+def random_ids(batch, length, seed=0):
+    return tf.constant(np.random.default_rng(seed).integers(0, 20, (batch, length)).astype(np.int32))
+
+
+def test_logits_cover_the_vocabulary_and_states_come_back():
+    logits, *states = build_model(CONFIG)([random_ids(3, 5), *zero_states(CONFIG, 3)])
+    assert logits.shape == (3, 5, 20)
+    assert [s.shape for s in states] == [(3, 16)] * 4
 
 
 def test_state_carries_across_windows():
     """Two windows with the state carried give the same logits as one call on both."""
-    ids = np.random.default_rng(0).integers(0, 20, (2, 12)).astype(np.int32)
-    net = build_model(CONFIG, batch_size=2)
-    whole = net(ids, training=False).numpy()
-    model_lib.reset_states(net)
-    first = net(ids[:, :5], training=False).numpy()
-    second = net(ids[:, 5:], training=False).numpy()
+    ids = random_ids(2, 12)
+    net = build_model(CONFIG)
+    zeros = zero_states(CONFIG, 2)
+    whole, *_ = net([ids, *zeros], training=False)
+    first, *states = net([ids[:, :5], *zeros], training=False)
+    second, *_ = net([ids[:, 5:], *states], training=False)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, rtol=1e-4, atol=1e-5)
-    model_lib.reset_states(net)
-    np.testing.assert_allclose(net(ids[:, :5], training=False).numpy(), first, rtol=1e-5)
+    # Without the carried state the second window is read from scratch, and differs.
+    fresh, *_ = net([ids[:, 5:], *zeros], training=False)
+    assert np.abs(fresh.numpy() - second.numpy()).max() > 1e-4
 
 
-def test_weights_load_into_a_model_of_another_batch_size(tmp_path):
-    trained = build_model(CONFIG, batch_size=8)
+def test_weights_load_into_a_model_serving_any_batch_size(tmp_path):
+    trained = build_model(CONFIG)
     for v in trained.trainable_variables:
         v.assign(tf.random.normal(v.shape, seed=1))
     path = model_lib.weights_checkpoint(trained).write(str(tmp_path / "ckpt"))
-    sampler = build_model(CONFIG, batch_size=1)
+    sampler = build_model(CONFIG)
     model_lib.weights_checkpoint(sampler).read(path).assert_existing_objects_matched()
     for a, b in zip(trained.weights, sampler.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    ids = np.arange(6, dtype=np.int32)[None]
-    model_lib.reset_states(trained)
-    batch = np.repeat(ids, 8, axis=0)
-    np.testing.assert_allclose(sampler(ids).numpy()[0], trained(batch).numpy()[0], rtol=1e-4, atol=1e-5)
+    ids = tf.range(6)[None]
+    one, *_ = sampler([ids, *zero_states(CONFIG, 1)])
+    eight, *_ = trained([tf.repeat(ids, 8, axis=0), *zero_states(CONFIG, 8)])
+    np.testing.assert_allclose(one[0], eight[0], rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_computes_in_bfloat16_and_returns_float32():
+    net = build_model(CONFIG, "bfloat16")
+    logits, *states = net([random_ids(2, 4), *zero_states(CONFIG, 2)])
+    assert logits.dtype == tf.float32 and all(s.dtype == tf.float32 for s in states)
+    assert all(v.dtype == "float32" for v in net.weights)
+    assert net.get_layer("lstm_0").compute_dtype == "bfloat16"
 
 
 def test_lstm_layers_stay_cudnn_eligible():
     """Keras takes the cuDNN kernel only for these settings; a change here silently slows GPUs."""
     for use_embedding in (True, False):
-        net = build_model(ModelConfig(vocab_size=20, use_embedding=use_embedding), batch_size=2)
+        net = build_model(ModelConfig(vocab_size=20, use_embedding=use_embedding))
         lstms = [layer for layer in net.layers if isinstance(layer, layers.LSTM)]
         assert len(lstms) == 2
         for lstm in lstms:
             assert lstm.activation.__name__ == "tanh"
             assert lstm.recurrent_activation.__name__ == "sigmoid"
             assert lstm.recurrent_dropout == 0 and not lstm.unroll and lstm.use_bias
-            assert lstm.stateful and lstm.return_sequences
+            assert lstm.return_sequences and lstm.return_state
 
 
 def test_one_hot_input_matches_vocabulary():
-    net = build_model(ModelConfig(vocab_size=20, use_embedding=False, lstm_size=8), batch_size=1)
+    net = build_model(ModelConfig(vocab_size=20, use_embedding=False, lstm_size=8))
     assert net.get_layer("one_hot")(np.array([[3]], np.int32)).numpy()[0, 0].argmax() == 3
     assert not any(layer.name == "embedding" for layer in net.layers)
 
 
 def test_output_bias_starts_at_log_frequencies():
-    net = build_model(CONFIG, batch_size=1)
-    ids = np.array([1] * 90 + [2] * 10, np.uint16)
-    model_lib.init_output_bias(net, ids)
+    net = build_model(CONFIG)
+    counts = np.bincount(np.array([1] * 90 + [2] * 10), minlength=20)
+    model_lib.init_output_bias(net, counts)
     probs = tf.nn.softmax(net.get_layer("logits").bias).numpy()
     assert probs[1] == pytest.approx(0.9 * probs.sum(), rel=0.15)
     assert probs[1] > probs[2] > probs[3]
+
+
+def test_train_step_lowers_the_loss_and_resets_states_when_the_epoch_starts():
+    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=1, dropout=0.0)
+    net = build_model(config)
+    optimizer = keras.optimizers.Adam(0.05)
+    step = model_lib.make_train_step(net, optimizer, 1.0, tf.distribute.get_strategy())
+    ids = tf.constant(np.tile(np.arange(20, dtype=np.int32), (4, 2)))  # an easy rule: next id is +1
+    states = zero_states(config, 4)
+    first, norm, states = step(ids[:, :-1], ids[:, 1:], states, tf.constant(True))
+    assert all(np.abs(s.numpy()).max() > 0 for s in states) and float(norm) > 0
+    for _ in range(30):
+        loss, _, states = step(ids[:, :-1], ids[:, 1:], states, tf.constant(True))
+    assert float(loss) < 0.5 * float(first)
+    assert int(optimizer.iterations.numpy()) == 31
 
 
 def test_config_json_round_trip():

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,73 @@ def test_read_text_rejects_bad_files_with_a_clear_message(tmp_path, content, mes
 def test_read_text_rejects_a_directory(tmp_path):
     with pytest.raises(InputError, match="is a directory"):
         read_utils.read_text(str(tmp_path))
+
+
+# --- the encoded corpus cache -------------------------------------------------------------------
+
+AWKWARD = "\ufeff春眠不觉晓，\r\n处处闻啼鸟。\r\n\r\nab\rcd\n夜来风雨声，花落知多少。"  # BOM, CRLF, CR, no final line break
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 7, 64])
+def test_text_read_in_pieces_is_the_whole_text(tmp_path, monkeypatch, piece):
+    """Pieces split CRLF pairs and UTF-8 sequences at every offset; the text must not notice."""
+    path = tmp_path / "awkward.txt"
+    path.write_bytes(AWKWARD.encode("utf-8"))
+    expected = "春眠不觉晓，\n处处闻啼鸟。\n\nab\ncd\n夜来风雨声，花落知多少。"
+    monkeypatch.setattr(read_utils, "CHUNK_BYTES", piece)
+    assert "".join(read_utils.text_chunks(str(path))) == expected
+
+
+@pytest.mark.parametrize("piece", [5, 1 << 22])
+def test_encoded_corpus_is_the_split_and_vocabulary_of_the_whole_text(tmp_path, monkeypatch, piece):
+    from conftest import couplets
+
+    path = tmp_path / "corpus.txt"
+    text = couplets(300) + AWKWARD
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(read_utils, "CHUNK_BYTES", piece)
+    corpus = read_utils.encode_corpus(str(path), str(tmp_path / "cache"), 0.05)
+    train, val = read_utils.split_lines(read_utils.read_text(str(path)), 0.05)
+    assert corpus.vocab.chars == Vocab.build(train).chars
+    assert isinstance(corpus.train_ids, np.memmap) and corpus.train_ids.dtype == np.uint16
+    np.testing.assert_array_equal(corpus.train_ids, corpus.vocab.encode(train))
+    np.testing.assert_array_equal(corpus.val_ids, corpus.vocab.encode(val))
+    np.testing.assert_array_equal(corpus.counts, np.bincount(corpus.train_ids, minlength=len(corpus.vocab)))
+    assert corpus.vocab.decode(corpus.val_ids) == val and val.count("\n") == 15
+    assert sorted(os.listdir(tmp_path / "cache")) == ["counts.npy", "meta.json", "train.npy", "val.npy", "vocab.json"]
+
+
+def test_the_cache_is_reused_until_the_corpus_or_the_vocabulary_changes(tmp_path):
+    path, cache = tmp_path / "corpus.txt", str(tmp_path / "cache")
+    path.write_text("aaab\nbbc\n" * 50, encoding="utf-8")
+    first = read_utils.encode_corpus(str(path), cache, 0.1)
+    written = os.stat(os.path.join(cache, "train.npy")).st_mtime_ns
+    again = read_utils.encode_corpus(str(path), cache, 0.1)
+    assert os.stat(os.path.join(cache, "train.npy")).st_mtime_ns == written
+    np.testing.assert_array_equal(again.train_ids, first.train_ids)
+    # A given vocabulary (a resumed run's) encodes with its ids and names what it lacks.
+    given = Vocab(["<unk>", "c", "a"])
+    resumed = read_utils.encode_corpus(str(path), cache, 0.1, vocab=given)
+    assert resumed.vocab.chars == given.chars and resumed.unseen == ["\n", "b"]
+    assert set(np.unique(resumed.train_ids)) == {0, 1, 2}
+    path.write_text("xyz\n" * 50, encoding="utf-8")
+    changed = read_utils.encode_corpus(str(path), cache, 0.1)
+    assert changed.vocab.decode(changed.train_ids[:4]) == "xyz\n"
+
+
+def test_a_file_that_is_not_text_leaves_no_cache(tmp_path):
+    path = tmp_path / "gbk.txt"
+    path.write_bytes("春眠不觉晓，处处闻啼鸟。\n".encode("gbk") * 10)
+    with pytest.raises(InputError, match="GBK"):
+        read_utils.encode_corpus(str(path), str(tmp_path / "cache"), 0.05)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_reader_serves_a_memory_mapped_corpus_like_one_in_memory(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 500, 5000).astype(np.uint16)
+    np.save(tmp_path / "ids.npy", ids)
+    mapped = StreamReader(np.load(tmp_path / "ids.npy", mmap_mode="r"), batch_size=4, seq_length=9)
+    in_memory = StreamReader(ids, batch_size=4, seq_length=9)
+    for step in (0, 7, mapped.windows_per_epoch + 3):
+        for a, b in zip(mapped.window(step), in_memory.window(step)):
+            np.testing.assert_array_equal(a, b)

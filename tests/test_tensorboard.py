@@ -23,7 +23,7 @@ from tensorboard.plugins.projector import ProjectorConfig
 from tensorflow.core.util import event_pb2
 
 import monitor
-from conftest import CHARS, TINY_MODEL, run_script, train_toy_run
+from conftest import CHARS, TINY_MODEL, read_run, run_script, summaries, train_toy_run
 
 STEPS, LOG_EVERY, EVAL_EVERY, SAVE_EVERY, POEMS = 80, 5, 20, 40, 4
 TRAIN_TAGS = {"loss", "learning_rate", "grad_norm", "chars_per_second"}
@@ -38,24 +38,6 @@ def toy_run(tmp_path_factory):
         "--log_every_n", LOG_EVERY, "--eval_every", EVAL_EVERY, "--save_every_n", SAVE_EVERY, "--eval_poems", POEMS,
     )
     return run_dir
-
-
-def summaries(run_dir):
-    """(step, summary value) of every summary in a run's event files."""
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        for record in tf.data.TFRecordDataset(path):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                yield event.step, value
-
-
-def read_run(run_dir):
-    """{tag: [(step, value)]} of a run's scalars and texts, texts as str."""
-    series = collections.defaultdict(list)
-    for step, value in summaries(run_dir):
-        data = tf.make_ndarray(value.tensor).item()
-        series[value.tag].append((step, data.decode() if isinstance(data, bytes) else data))
-    return series
 
 
 def steps(points):
