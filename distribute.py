@@ -7,7 +7,6 @@ checkpoints to a temporary directory, as TensorFlow's multi-worker guide prescri
 saving takes part in collective operations every worker must join.
 """
 
-import os
 import shutil
 import tempfile
 

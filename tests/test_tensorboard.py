@@ -1,10 +1,7 @@
 """What a toy run shows in TensorBoard: its event files, its projector files, and the real server."""
 
-import collections
-import glob
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -20,7 +17,6 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.projector import ProjectorConfig
-from tensorflow.core.util import event_pb2
 
 import monitor
 from conftest import CHARS, TINY_MODEL, read_run, run_script, summaries, train_toy_run
