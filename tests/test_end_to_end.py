@@ -5,7 +5,7 @@ import re
 
 import tensorflow as tf
 
-from conftest import TINY_MODEL, run_script
+from conftest import TINY_MODEL, read_run, run_script
 
 
 def files_of(directory):
@@ -88,3 +88,17 @@ def test_the_original_projects_commands_run(toy_corpus, tmp_path):
     result = run_script("sample.py", "--use_embedding", "--converter_path", "model/poetry/converter.pkl",
                         "--checkpoint_path", "checkpoints/poetry", "--max_length", 30, cwd=tmp_path)
     assert len(result.stdout.strip()) > 0
+
+
+def test_bfloat16_training_follows_the_float32_curve(toy_corpus, tmp_path):
+    """--precision bfloat16 is a faster path only if it learns the same: validation loss within 0.03."""
+    curves = {}
+    for precision in ("float32", "bfloat16"):
+        run_dir = tmp_path / precision
+        run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--max_steps", 120,
+                   "--eval_every", 40, "--save_every_n", 120, "--eval_poems", 0, "--dropout", 0, "--precision", precision)
+        curves[precision] = dict(read_run(str(run_dir / "logs" / "validation"))["loss"])
+    assert sorted(curves["float32"]) == [40, 80, 120]
+    assert curves["float32"][120] < curves["float32"][40] - 0.2  # it learned something to compare
+    for step, loss in curves["float32"].items():
+        assert abs(curves["bfloat16"][step] - loss) < 0.03, (step, loss, curves["bfloat16"][step])
