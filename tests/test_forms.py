@@ -89,6 +89,15 @@ def test_every_poem_is_well_formed_whatever_the_decoding(gen, name, decoding):
         assert len(set(poems)) == len(poems)  # sampled, not collapsed by the masks
 
 
+def test_many_streams_on_bfloat16_matmuls_are_well_formed_too(trained_run):
+    config, vocab, path = generator.load_run(trained_run[0])
+    many = generator.Generator(config, vocab, path, num_streams=generator.BFLOAT16_STREAMS)
+    for name in ("wujue", "qilv"):
+        poems = many.generate(form=name, acrostic="春秋", temperature=1.5, top_p=0.9, seed=12)
+        assert all(poem_pattern(*SHAPES[name]).fullmatch(poem) for poem in poems), poems
+        assert [clause[0] for clause in clauses(poems[0])[:2]] == list("春秋")
+
+
 @pytest.mark.parametrize("name", ["wujue", "qilv"])
 def test_acrostic_poems_begin_each_clause_with_its_character(gen, name):
     poems = gen.generate("春风", form=name, acrostic="春秋月", temperature=2.0, seed=3)

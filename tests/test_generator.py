@@ -114,13 +114,34 @@ def test_same_seed_same_text_and_top_k_one_is_greedy(gen):
     assert all(text.startswith("春") for text in first + greedy)
 
 
-def test_banned_and_unknown_characters_never_appear(trained_run):
-    banned = load(trained_run[0], num_streams=8, banned="春花")
+@pytest.mark.parametrize("num_streams", [8, generator.BFLOAT16_STREAMS])  # float32 and bfloat16 matmuls
+def test_banned_and_unknown_characters_never_appear(trained_run, num_streams):
+    banned = load(trained_run[0], num_streams=num_streams, banned="春花")
     texts = banned.generate("", 200, temperature=2.0, seed=1)
     joined = "".join(texts)
     assert len(joined) > 1000
     assert "春" not in joined and "花" not in joined
     assert read_utils.UNKNOWN not in joined
+
+
+def test_bfloat16_step_stays_close_to_float32(trained_run):
+    """The many-stream path rounds matmul inputs to bfloat16: its next-character distributions
+    must stay within a small total variation of float32's."""
+    step = load(trained_run[0]).step
+
+    @tf.function(jit_compile=True)  # the bfloat16 matmul exists only under XLA
+    def distributions(ids, bfloat16):
+        state, out = step.zero_state(ids.shape[0]), []
+        for t in range(ids.shape[1]):
+            logits, state = step(ids[:, t], state, bfloat16)
+            out.append(tf.nn.softmax(logits))
+        return tf.stack(out, 1)
+
+    ids = tf.constant(np.random.default_rng(0).integers(1, 20, (16, 30)).astype(np.int32))
+    exact, rounded = distributions(ids, False).numpy(), distributions(ids, True).numpy()
+    total_variation = 0.5 * np.abs(exact - rounded).sum(-1)
+    assert total_variation.mean() < 0.01 and total_variation.max() < 0.05
+    assert total_variation.max() > 0  # bfloat16 really was used
 
 
 def test_max_lines_stops_each_stream_after_whole_lines(gen):
