@@ -42,6 +42,23 @@ class OneHot(layers.Layer):
         return tf.one_hot(ids, self.depth, dtype=self.compute_dtype)
 
 
+class ReplicaDropout(layers.Dropout):
+    """Keras' Dropout, with its own mask on every tf.distribute replica.
+
+    Keras draws each mask's seed from one seed generator, whose state is mirrored, so every
+    replica would draw the same seed and drop the same units of its streams. Adding the replica
+    id to the seed keeps replica 0, and so a single device, exactly as Keras' own layer.
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        seed = self.seed_generator.next()
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)  # as Keras does for stateless ops
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed + tf.stack([0, replica]))
+
+
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
@@ -67,7 +84,7 @@ def build_model(config, precision="float32"):
         state = [keras.Input(shape=(config.lstm_size,), name=f"{part}_{i}") for part in "hc"]
         lstm = layers.LSTM(config.lstm_size, return_sequences=True, return_state=True, dtype=policy, name=f"lstm_{i}")
         x, *new_state = lstm(x, initial_state=state)
-        x = layers.Dropout(config.dropout, dtype=policy, name=f"dropout_{i}")(x)
+        x = ReplicaDropout(config.dropout, dtype=policy, name=f"dropout_{i}")(x)
         states += state
         new_states += new_state
     x = layers.Dense(config.vocab_size, dtype=policy, name="logits")(x)

@@ -65,6 +65,35 @@ def test_mirrored_on_two_cpu_devices_follows_one_device_and_resumes(corpus, one_
     assert len(sample.stdout.strip().splitlines()) >= 4
 
 
+REPLICA_MASKS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import keras, tensorflow as tf
+import distribute, model
+strategy = distribute.make_strategy("mirrored", cpu_devices=2)
+with strategy.scope():
+    ours, keras_own = model.ReplicaDropout(0.5, seed=7), keras.layers.Dropout(0.5, seed=7)
+
+@tf.function
+def masks():
+    ones = tf.ones([4, 64])
+    return strategy.run(lambda: (ours(ones, training=True), keras_own(ones, training=True)))
+
+ours_masks, keras_masks = (strategy.experimental_local_results(m) for m in masks())
+print(bool(tf.reduce_all(ours_masks[0] == keras_masks[0])), bool(tf.reduce_any(ours_masks[0] != ours_masks[1])),
+      bool(tf.reduce_all(keras_masks[0] == keras_masks[1])))
+"""
+
+
+def test_each_replica_draws_its_own_dropout_mask():
+    """Keras' Dropout repeats one mask on every replica; ours keeps replica 0's and varies the rest."""
+    result = subprocess.run([sys.executable, "-c", REPLICA_MASKS, ROOT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    same_as_keras_on_replica_0, replicas_differ, keras_repeats = result.stdout.split()
+    assert same_as_keras_on_replica_0 == "True" and replicas_differ == "True"
+    assert keras_repeats == "True"  # the reason for the layer; if Keras changes, it may go
+
+
 def test_a_batch_that_does_not_split_over_the_replicas_is_refused(corpus, tmp_path):
     result = run_script("train.py", "--input", corpus, "--checkpoint_dir", tmp_path / "run", "--batch_size", 7,
                         "--strategy", "mirrored", "--cpu_devices", 2, check=False)
