@@ -115,8 +115,10 @@ def make_train_step(net, optimizer, grad_clip, strategy):
             logits, *states = net([x, *states], training=True)
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)) / global_chars
         grads = tape.gradient(loss, net.trainable_variables)
-        # Clip by the norm of the summed gradient, as one device would; the optimizer does the sum.
-        # An infinite norm makes every gradient NaN, so the loss check stops the run.
+        # Clip by the norm of the summed gradient, as one device would. Keras' optimizer sums the
+        # replicas' gradients itself and has no way to take sums made here, so with several
+        # replicas the sum is made twice (on one device both are no-ops). An infinite norm makes
+        # every gradient NaN, so the loss check stops the run.
         total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grad_norm = tf.linalg.global_norm(total)
         grads, _ = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"), use_norm=grad_norm)

@@ -72,7 +72,7 @@ def default_corpus_path():
         ) from None
 
 
-CHUNK_BYTES = 1 << 24  # the file is read, decoded and encoded this many bytes at a time
+CHUNK_BYTES = 1 << 22  # the file is read, decoded and split this many bytes (4 MB) at a time
 
 
 def text_chunks(path):
