@@ -330,9 +330,10 @@ def split_code_points(path, val_fraction, out_dir):
 
         def add(cps):
             held = split.held_out(cps)
-            train.write(cps[~held].tobytes())
+            kept = cps[~held]
+            train.write(kept.tobytes())
             val.write(cps[held].tobytes())
-            counts[:] += np.bincount(cps[~held], minlength=UNICODE_SIZE)
+            counts[:] += np.bincount(kept, minlength=UNICODE_SIZE)
 
         for piece in text_chunks(path):
             if piece:
