@@ -340,6 +340,8 @@ MEASUREMENTS = [
     sampling(SMALL, 1, top_p=0.9, suffix="_top_p"),
     Measurement("train_small", "training, small model, batches 32x26: train.py's step vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, SMALL)),
+    Measurement("train_small_bf16", "training, small model, batches 32x26, --precision bfloat16 vs model.fit",
+                functools.partial(train_vs_baseline, SMALL, "bfloat16")),
     Measurement("train_medium", "training, medium model, batches 64x64: train.py's step vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, MEDIUM)),
     Measurement("train_medium_bf16", "training, medium model, batches 64x64, --precision bfloat16 vs model.fit",

@@ -102,3 +102,67 @@ def test_train_step_lowers_the_loss_and_resets_states_when_the_epoch_starts():
 
 def test_config_json_round_trip():
     assert ModelConfig.from_json(CONFIG.to_json()) == CONFIG
+
+
+@pytest.mark.parametrize("use_embedding", [True, False])
+def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
+    """The CPU training path (fused_call) must be the Keras model: same logits, states and gradients."""
+    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.0, use_embedding=use_embedding)
+    net = build_model(config)
+    for v in net.trainable_variables:
+        v.assign(tf.random.normal(v.shape, stddev=0.5, seed=2))
+    ids, targets = random_ids(3, 7, seed=1), random_ids(3, 7, seed=2)
+    states = [tf.random.normal(s.shape, seed=3 + i) for i, s in enumerate(zero_states(config, 3))]
+    results = []
+    for forward in (model_lib.keras_call, model_lib.fused_call):
+        with tf.GradientTape() as tape:
+            tape.watch(states)
+            logits, *new_states = forward(net, ids, states, training=True)
+            # Weigh the final states too, so their gradients (the cross-window path) are checked.
+            loss = tf.reduce_sum(model_lib.cross_entropy(logits, targets)) + sum(
+                tf.reduce_sum(s * (k + 1)) for k, s in enumerate(new_states)
+            )
+        grads = tape.gradient(loss, [*net.trainable_variables, *states])
+        results.append([logits, *new_states, *map(tf.convert_to_tensor, grads)])  # the embedding's: IndexedSlices
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_lstm_in_bfloat16_stays_close_to_float32():
+    net32, net16 = build_model(CONFIG), build_model(CONFIG, "bfloat16")
+    for a, b in zip(net32.weights, net16.weights):
+        b.assign(a)
+    ids, states = random_ids(3, 7), zero_states(CONFIG, 3)
+    logits32, *_ = model_lib.fused_call(net32, ids, states, training=False)
+    logits16, *states16 = model_lib.fused_call(net16, ids, states, training=False)
+    assert logits16.dtype == tf.float32 and all(s.dtype == tf.float32 for s in states16)
+    difference = np.abs(logits16.numpy() - logits32.numpy())
+    assert 0 < difference.max() < 0.05  # bfloat16 rounding, and no more
+
+
+def test_cross_entropy_matches_tensorflow_in_value_and_gradient():
+    logits = tf.random.normal([2, 5, 30], stddev=4.0, seed=4)
+    targets = random_ids(2, 5)
+    weights = tf.random.uniform([2, 5], seed=5)
+    results = []
+    for loss_fn in (lambda l, t: tf.nn.sparse_softmax_cross_entropy_with_logits(t, l), model_lib.cross_entropy):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            losses = loss_fn(logits, targets)
+            total = tf.reduce_sum(losses * weights)
+        results.append((losses, tape.gradient(total, logits)))
+    for ours, theirs in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_gives_the_same_losses_fused_or_keras():
+    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.0)
+    losses = {}
+    for path in (True, False):
+        keras.utils.set_random_seed(7)
+        net = build_model(config)
+        step = model_lib.make_train_step(net, keras.optimizers.Adam(0.01), 1.0, tf.distribute.get_strategy(), fused=path)
+        ids, states = random_ids(4, 13), zero_states(config, 4)
+        losses[path] = [float(step(ids[:, :-1], ids[:, 1:], states, tf.constant(False))[0]) for _ in range(5)]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+    assert losses[True][-1] < losses[True][0]
