@@ -196,6 +196,11 @@ def fused_call(net, ids, states, training):
 
 
 def matmul(a, b, bfloat16):
+    """a times b; bfloat16 rounds both inputs and the product to bfloat16, returned as float32.
+
+    TensorFlow's CPU kernels have no bfloat16 x bfloat16 -> float32 matmul, so the product is
+    rounded too; generator.matmul, which runs inside XLA, keeps float32 sums.
+    """
     if bfloat16:
         return tf.cast(tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)), tf.float32)
     return tf.matmul(a, b)
@@ -219,7 +224,6 @@ def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
     steps = projected.shape[1]
     if steps is None:
         raise ValueError("lstm_sequence needs the window length when it is traced")
-
     compute_dtype = tf.bfloat16 if bfloat16 else tf.float32  # matmul casts to it; a cast to the same type is free
 
     @tf.custom_gradient
