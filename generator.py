@@ -26,6 +26,7 @@ NEWLINE = "\n"
 FREE, CLAUSE = 0, 1  # rows of the slot masks: any character but the banned ones; CJK ideographs only
 BLOCK = 64  # ids per block of the two-level sampler: one pass over blocks, one inside one block
 BFLOAT16_STREAMS = 16  # from this many streams on, the matmuls take bfloat16 inputs (see CharStep)
+ONE_CORE_PRODUCT = 600_000  # measured: Eigen ran a 1x129 by 129x3520 product on one core, 1x193 by 193x3520 on two
 
 
 class CheckpointError(read_utils.InputError):
@@ -137,7 +138,7 @@ class CharStep(typing.NamedTuple):
         for kernel, (h_own, c_own) in zip(self.stacked, upper):
             h, c = lstm_cell(affine(tf.concat([h, h_own], 1), kernel, bfloat16), c_own)
             new_state.append((h, c))
-        return affine(h, self.output_kernel, bfloat16), tuple(new_state)
+        return output_logits(h, self.output_kernel, bfloat16), tuple(new_state)
 
 
 def matmul(x, kernel, bfloat16):
@@ -151,6 +152,21 @@ def affine(x, kernel_and_bias, bfloat16):
     if bfloat16:  # a separate float32 add: many streams make no matrix-vector dot for XLA to fuse
         return matmul(x, kernel_and_bias[:-1], True) + kernel_and_bias[-1]
     return tf.matmul(with_one(x), kernel_and_bias)
+
+
+def output_logits(h, kernel_and_bias, bfloat16):
+    """The output layer's affine(h, ...), with one stream's row put in twice when that is faster.
+
+    XLA has Eigen compute a one-row product of fewer than about ONE_CORE_PRODUCT multiply-adds
+    on one core. For the small model there the 1.8 MB output matrix does not stay in the 2 MB L2
+    cache beside the LSTM weights, and streams from L3 at every character; with two rows Eigen
+    splits the columns between both cores, each of which keeps its half cached: 1.8 times the
+    small model's one-stream speed (bench.py). Larger products are split already, and the
+    second row would only add work.
+    """
+    if h.shape[0] == 1 and kernel_and_bias.shape.num_elements() < ONE_CORE_PRODUCT:
+        return affine(tf.tile(h, [2, 1]), kernel_and_bias, bfloat16)[:1]
+    return affine(h, kernel_and_bias, bfloat16)
 
 
 def with_one(x):
@@ -234,7 +250,9 @@ def sample(logits, uniform):
     grid = tf.reshape(logits, [tf.shape(logits)[0], -1, BLOCK])
     top = tf.reduce_max(logits, -1)
     block_mass = tf.reduce_sum(tf.exp(grid - top[:, None, None]), -1)
-    target = uniform * tf.reduce_sum(block_mass, -1)
+    # The total as the running sum's end, which pick() computes anyway: XLA turns a sum of the
+    # block masses into a second pass of exp over the whole row.
+    target = uniform * tf.cumsum(block_mass, -1)[:, -1]
     block, mass_before = pick(block_mass, block_mass > 0, target)
     inner = tf.gather(grid, block, batch_dims=1)
     within, _ = pick(tf.exp(inner - top[:, None]), inner > float("-inf"), target - mass_before)

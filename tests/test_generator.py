@@ -72,17 +72,17 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
 
 # --- the hand-written step ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_embedding", [True, False])
-def test_hand_written_step_gives_the_keras_models_logits(use_embedding):
+@pytest.mark.parametrize("use_embedding, streams", [(True, 2), (False, 2), (True, 1)])  # 1: output_logits' two rows
+def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams):
     config = model_lib.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
                                    use_embedding=use_embedding)
     net = model_lib.build_model(config)
     for i, v in enumerate(net.trainable_variables):
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=i))
-    ids = np.random.default_rng(0).integers(0, 37, (2, 15)).astype(np.int32)
-    expected = net([tf.constant(ids), *model_lib.zero_states(config, 2)], training=False)[0].numpy()
+    ids = np.random.default_rng(0).integers(0, 37, (streams, 15)).astype(np.int32)
+    expected = net([tf.constant(ids), *model_lib.zero_states(config, streams)], training=False)[0].numpy()
     step = generator.CharStep.from_model(net)
-    state, logits = step.zero_state(2), []
+    state, logits = step.zero_state(streams), []
     for t in range(ids.shape[1]):
         out, state = step(tf.constant(ids[:, t]), state)
         logits.append(out.numpy())
