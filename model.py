@@ -182,14 +182,19 @@ def fused_call(net, ids, states, training):
     and the states stay float32. The window length must be known when the step is traced.
     """
     bfloat16 = net.get_layer("logits").compute_dtype == "bfloat16"
-    embed = next(layer for layer in net.layers if layer.name in ("embedding", "one_hot"))
-    x = tf.cast(embed(ids), tf.float32)
+    if any(layer.name == "embedding" for layer in net.layers):
+        # The float32 table's rows: the layer itself would first cast its whole table under the
+        # bfloat16 policy, and the first matmul rounds these rows to bfloat16 all the same.
+        x = tf.gather(net.get_layer("embedding").embeddings.value, ids)
+    else:
+        x = tf.cast(net.get_layer("one_hot")(ids), tf.float32)
     new_states = []
     for i, layer in enumerate(lstm_layers(net)):
         cell = layer.cell
         projected = dense(x, cell.kernel.value, cell.bias.value, bfloat16)
         x, h, c = lstm_sequence(projected, states[2 * i], states[2 * i + 1], cell.recurrent_kernel.value, bfloat16)
-        x = tf.cast(net.get_layer(f"dropout_{i}")(x, training=training), tf.float32)
+        # call() keeps x float32, where the layer itself would cast it to bfloat16 and back.
+        x = net.get_layer(f"dropout_{i}").call(x, training=training)
         new_states += [h, c]
     output = net.get_layer("logits")
     return [dense(x, output.kernel.value, output.bias.value, bfloat16), *new_states]

@@ -107,14 +107,18 @@ def test_config_json_round_trip():
 @pytest.mark.parametrize("use_embedding", [True, False])
 def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
     """The CPU training path (fused_call) must be the Keras model: same logits, states and gradients."""
-    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.0, use_embedding=use_embedding)
+    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.5, use_embedding=use_embedding)
     net = build_model(config)
     for v in net.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=2))
     ids, targets = random_ids(3, 7, seed=1), random_ids(3, 7, seed=2)
     states = [tf.random.normal(s.shape, seed=3 + i) for i, s in enumerate(zero_states(config, 3))]
+    seeds = [layer.seed_generator.state for layer in net.layers if isinstance(layer, model_lib.ReplicaDropout)]
+    first_seeds = [seed.numpy() for seed in seeds]
     results = []
     for forward in (model_lib.keras_call, model_lib.fused_call):
+        for seed, value in zip(seeds, first_seeds):
+            seed.assign(value)  # both paths draw the same dropout masks
         with tf.GradientTape() as tape:
             tape.watch(states)
             logits, *new_states = forward(net, ids, states, training=True)
@@ -126,6 +130,8 @@ def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
         results.append([logits, *new_states, *map(tf.convert_to_tensor, grads)])  # the embedding's: IndexedSlices
     for keras_value, fused_value in zip(*results):
         np.testing.assert_allclose(fused_value, keras_value, rtol=1e-4, atol=1e-5)
+    without_dropout = net([ids, *states], training=False)[0]
+    assert np.abs(results[1][0] - without_dropout).max() > 0.01  # the masks were drawn and applied
 
 
 def test_fused_lstm_in_bfloat16_stays_close_to_float32():
