@@ -173,7 +173,7 @@ def train_speed(size, precision="float32"):
         num_layers=size.num_layers, dropout=0.1,
     )
     net = model_lib.build_model(config, precision)
-    train_step = model_lib.make_train_step(net, keras.optimizers.Adam(1e-3), 5.0, tf.distribute.get_strategy())
+    train_step = model_lib.make_train_step(net, model_lib.Adam(1e-3), 5.0, tf.distribute.get_strategy())
     window = tf.constant(random_windows(batch, steps))
     x, y = window[:, :-1], window[:, 1:]
     states = model_lib.zero_states(config, batch)

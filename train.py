@@ -192,7 +192,7 @@ def make_optimizer():
         warmup_target=FLAGS.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-    return keras.optimizers.Adam(learning_rate=schedule)
+    return model_lib.Adam(learning_rate=schedule)
 
 
 def run_config(config, corpus, corpus_sha256):

@@ -100,6 +100,26 @@ def test_train_step_lowers_the_loss_and_resets_states_when_the_epoch_starts():
     assert int(optimizer.iterations.numpy()) == 31
 
 
+def test_fused_adam_updates_like_keras_adam():
+    """model.Adam's one-kernel update gives Keras' weights and slots, for dense and IndexedSlices gradients."""
+    results = []
+    for optimizer_class in (keras.optimizers.Adam, model_lib.Adam):
+        dense, table = tf.Variable(tf.ones([4, 3])), tf.Variable(tf.ones([5, 3]))
+        schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=10, warmup_target=0.05, warmup_steps=2)
+        optimizer = optimizer_class(learning_rate=schedule)
+        for k in range(4):
+            rows = tf.constant([k % 5, 4])  # as an embedding's gradient: some rows only
+            gradients = [
+                tf.random.stateless_normal([4, 3], seed=[k, 0]),
+                tf.IndexedSlices(tf.random.stateless_normal([2, 3], seed=[k, 1]), rows, tf.constant([5, 3])),
+            ]
+            optimizer.apply_gradients(zip(gradients, [dense, table]))
+        results.append([dense.numpy(), table.numpy(), *(v.numpy() for v in optimizer.variables)])
+    assert len(results[0]) == len(results[1]) == 7  # the weights, iterations, learning rate, and m, v of each
+    for keras_value, ours in zip(*results):
+        np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-6)
+
+
 def test_config_json_round_trip():
     assert ModelConfig.from_json(CONFIG.to_json()) == CONFIG
 
