@@ -162,7 +162,6 @@ def timed_steps(step, seconds):
 
 def train_speed(size, precision="float32"):
     """Characters per second through train.py's own compiled step (model.make_train_step)."""
-    import keras
     import tensorflow as tf
 
     import model as model_lib
