@@ -123,7 +123,8 @@ def make_train_step(net, optimizer, grad_clip, strategy, fused=None):
         # every gradient NaN, so the loss check stops the run.
         total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grad_norm = tf.linalg.global_norm(total)
-        grads, _ = tf.clip_by_global_norm(grads, grad_clip if grad_clip > 0 else float("inf"), use_norm=grad_norm)
+        if grad_clip > 0:  # 0: no clipping (a clip norm of infinity would make inf / inf = NaN)
+            grads, _ = tf.clip_by_global_norm(grads, grad_clip, use_norm=grad_norm)
         optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return loss, grad_norm, states
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -98,6 +100,20 @@ def test_train_step_lowers_the_loss_and_resets_states_when_the_epoch_starts():
         loss, _, states = step(ids[:, :-1], ids[:, 1:], states, tf.constant(True))
     assert float(loss) < 0.5 * float(first)
     assert int(optimizer.iterations.numpy()) == 31
+
+
+def test_grad_clip_zero_means_no_clipping():
+    weights = {}
+    for grad_clip in (0.0, 1e9):
+        net = build_model(dataclasses.replace(CONFIG, dropout=0.0))
+        for i, v in enumerate(net.trainable_variables):
+            v.assign(tf.random.stateless_normal(v.shape, seed=[i, 0], stddev=0.5))
+        step = model_lib.make_train_step(net, keras.optimizers.SGD(0.1), grad_clip, tf.distribute.get_strategy())
+        step(random_ids(3, 7, seed=1), random_ids(3, 7, seed=2), zero_states(CONFIG, 3), tf.constant(True))
+        weights[grad_clip] = [v.numpy() for v in net.trainable_variables]
+    for unclipped, far_limit in zip(weights[0.0], weights[1e9]):
+        assert np.isfinite(unclipped).all()
+        np.testing.assert_allclose(unclipped, far_limit, rtol=1e-6)
 
 
 def test_fused_adam_updates_like_keras_adam():
