@@ -106,16 +106,16 @@ def make_train_step(net, optimizer, grad_clip, strategy, fused=None):
     are per-replica values holding each replica's own streams (distribute.split_batch); loss and
     gradient norm are of the whole global batch. The states start over from zero when the epoch
     does, since the carried ones are from the streams' ends. fused (default: when there is no GPU)
-    computes the model with fused_call instead of its Keras layers, which on a GPU take cuDNN.
+    computes the model with fused_losses instead of its Keras layers, which on a GPU take cuDNN.
     """
-    forward = fused_call if (use_fused_lstm() if fused is None else fused) else keras_call
+    losses_of = fused_losses if (use_fused_lstm() if fused is None else fused) else keras_losses
 
     def replica_step(x, y, states, starts_epoch):
         states = [tf.where(starts_epoch, tf.zeros_like(s), s) for s in states]
         global_chars = tf.cast(tf.size(y) * strategy.num_replicas_in_sync, tf.float32)
         with tf.GradientTape() as tape:
-            logits, *states = forward(net, x, states, training=True)
-            loss = tf.reduce_sum(cross_entropy(logits, y)) / global_chars
+            losses, states = losses_of(net, x, y, states)
+            loss = tf.reduce_sum(losses) / global_chars
         grads = tape.gradient(loss, net.trainable_variables)
         # Clip by the norm of the summed gradient, as one device would. Keras' optimizer sums the
         # replicas' gradients itself and has no way to take sums made here, so with several
@@ -179,40 +179,98 @@ def cross_entropy(logits, targets):
     shape = tf.shape(logits)
     flat = tf.reshape(logits, [-1, shape[-1]])
     targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
-    at_targets = tf.stack([tf.range(tf.size(targets)), targets], 1)
-    top = tf.reduce_max(flat, -1, keepdims=True)
-    exps = tf.exp(flat - top)
-    sums = tf.reduce_sum(exps, -1, keepdims=True)
-    losses = tf.squeeze(tf.math.log(sums) + top, -1) - tf.gather_nd(flat, at_targets)
+    losses, exps, sums = softmax_losses(flat, targets)
 
     def grad(upstream):
         upstream = tf.reshape(upstream, [-1])
+        at_targets = tf.stack([tf.range(tf.size(targets)), targets], 1)
         dlogits = tf.tensor_scatter_nd_sub(exps * (upstream[:, None] / sums), at_targets, upstream)
         return tf.reshape(dlogits, shape), None
 
     return tf.reshape(losses, shape[:-1]), grad
 
 
+def softmax_losses(logits, targets):
+    """(-log softmax(logits)[target], the exponentials exp(logits - max), their sums) of [n, vocab] logits."""
+    top = tf.reduce_max(logits, -1, keepdims=True)
+    exps = tf.exp(logits - top)
+    sums = tf.reduce_sum(exps, -1, keepdims=True)
+    losses = tf.squeeze(tf.math.log(sums) + top, -1) - tf.gather(logits, targets, batch_dims=1)
+    return losses, exps, sums
+
+
+def output_losses(x, kernel, bias, targets, bfloat16):
+    """cross_entropy(x @ kernel + bias, targets): the output layer and the loss as one function.
+
+    x [..., units], targets [...]. Its gradient never builds the [positions, vocab] gradient of
+    the logits, which costs several passes over memory: the softmax's share comes from the saved
+    exponentials, each row's scale (upstream / sum) is applied to the matmuls' small side, and
+    the one-hot's share is a gather and a segment sum of rows. The bias rides in the matmuls as
+    a row under the kernel, against a column of ones, so neither direction has a pass of its own.
+    """
+    shape = tf.shape(targets)
+    flat = tf.reshape(x, [-1, x.shape[-1]])
+    targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
+
+    @tf.custom_gradient
+    def losses_of(flat, kernel, bias):
+        inputs = tf.concat([flat, tf.ones_like(flat[:, :1])], 1)
+        weights = tf.concat([kernel, bias[None]], 0)
+        losses, exps, sums = softmax_losses(matmul(inputs, weights, bfloat16), targets)
+
+        def grad(upstream):
+            # The logits' gradient is (exps - one-hot * sums) times each row's upstream / sums; that
+            # row scale is applied to the matmuls' small side: their output, or their other input.
+            scale = upstream[:, None] / sums
+            exps_in = tf.cast(exps, tf.bfloat16) if bfloat16 else exps  # one cast, for both matmuls
+            at_targets = tf.stack([tf.range(tf.size(targets)), targets], 1)
+            unscaled = tf.tensor_scatter_nd_sub(exps_in, at_targets, tf.cast(sums[:, 0], exps_in.dtype))
+            d_inputs = matmul(unscaled, weights, bfloat16, transpose_b=True) * scale
+            d_weights = matmul(inputs * scale, unscaled, bfloat16, transpose_a=True)
+            return d_inputs[:, :-1], d_weights[:-1], d_weights[-1]
+
+        return losses, grad
+
+    return tf.reshape(losses_of(flat, kernel, bias), shape)
+
+
 # --- the fused LSTM: the same model and weights, computed by hand for CPU training --------------
 
 def use_fused_lstm():
-    """On a GPU the Keras LSTM layers take cuDNN's kernel; elsewhere fused_call is faster."""
+    """On a GPU the Keras LSTM layers take cuDNN's kernel; elsewhere fused_losses is faster."""
     return not tf.config.list_physical_devices("GPU")
 
 
-def keras_call(net, ids, states, training):
-    return net([ids, *states], training=training)
+def keras_losses(net, ids, targets, states):
+    """(per-position losses, new states) of the Keras model in training mode."""
+    logits, *states = net([ids, *states], training=True)
+    return cross_entropy(logits, targets), states
+
+
+def fused_losses(net, ids, targets, states):
+    """keras_losses computed by hand: fused_hidden, then output_losses."""
+    x, states = fused_hidden(net, ids, states, training=True)
+    output = net.get_layer("logits")
+    return output_losses(x, output.kernel.value, output.bias.value, targets, is_bfloat16(net)), states
 
 
 def fused_call(net, ids, states, training):
-    """net([ids, *states]) computed with lstm_sequence in place of the Keras LSTM layers.
+    """net([ids, *states]) computed by hand: fused_hidden, then the output layer."""
+    x, states = fused_hidden(net, ids, states, training)
+    output = net.get_layer("logits")
+    return [dense(x, output.kernel.value, output.bias.value, is_bfloat16(net)), *states]
 
-    The same weights and the same function (in float32 equal to rounding); each layer's input
-    projection is one matmul over the whole window. Under the bfloat16 policy every matmul rounds
-    its inputs and product to bfloat16, which TensorFlow runs on AMX here, and the gate arithmetic
-    and the states stay float32. The window length must be known when the step is traced.
+
+def fused_hidden(net, ids, states, training):
+    """(the last LSTM layer's outputs after dropout, new states) of the model, by hand.
+
+    lstm_sequence takes the place of the Keras LSTM layers: the same weights and the same function
+    (in float32 equal to rounding); each layer's input projection is one matmul over the whole
+    window. Under the bfloat16 policy every matmul rounds its inputs and product to bfloat16,
+    which TensorFlow runs on AMX here, and the gate arithmetic and the states stay float32. The
+    window length must be known when the step is traced.
     """
-    bfloat16 = net.get_layer("logits").compute_dtype == "bfloat16"
+    bfloat16 = is_bfloat16(net)
     if any(layer.name == "embedding" for layer in net.layers):
         # The float32 table's rows: the layer itself would first cast its whole table under the
         # bfloat16 policy, and the first matmul rounds these rows to bfloat16 all the same.
@@ -227,19 +285,23 @@ def fused_call(net, ids, states, training):
         # call() keeps x float32, where the layer itself would cast it to bfloat16 and back.
         x = net.get_layer(f"dropout_{i}").call(x, training=training)
         new_states += [h, c]
-    output = net.get_layer("logits")
-    return [dense(x, output.kernel.value, output.bias.value, bfloat16), *new_states]
+    return x, new_states
 
 
-def matmul(a, b, bfloat16):
-    """a times b; bfloat16 rounds both inputs and the product to bfloat16, returned as float32.
+def is_bfloat16(net):
+    return net.get_layer("logits").compute_dtype == "bfloat16"
+
+
+def matmul(a, b, bfloat16, transpose_a=False, transpose_b=False):
+    """a times b (either transposed first); bfloat16 rounds both inputs and the product to
+    bfloat16, returned as float32.
 
     TensorFlow's CPU kernels have no bfloat16 x bfloat16 -> float32 matmul, so the product is
     rounded too; generator.matmul, which runs inside XLA, keeps float32 sums.
     """
     if bfloat16:
-        return tf.cast(tf.matmul(tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)), tf.float32)
-    return tf.matmul(a, b)
+        a, b = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+    return tf.cast(tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b), tf.float32)
 
 
 def dense(x, kernel, bias, bfloat16):

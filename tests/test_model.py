@@ -140,6 +140,10 @@ def test_config_json_round_trip():
     assert ModelConfig.from_json(CONFIG.to_json()) == CONFIG
 
 
+def keras_forward(net, ids, states, training):
+    return net([ids, *states], training=training)
+
+
 @pytest.mark.parametrize("use_embedding", [True, False])
 def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
     """The CPU training path (fused_call) must be the Keras model: same logits, states and gradients."""
@@ -152,7 +156,7 @@ def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
     seeds = [layer.seed_generator.state for layer in net.layers if isinstance(layer, model_lib.ReplicaDropout)]
     first_seeds = [seed.numpy() for seed in seeds]
     results = []
-    for forward in (model_lib.keras_call, model_lib.fused_call):
+    for forward in (keras_forward, model_lib.fused_call):
         for seed, value in zip(seeds, first_seeds):
             seed.assign(value)  # both paths draw the same dropout masks
         with tf.GradientTape() as tape:
@@ -195,6 +199,32 @@ def test_cross_entropy_matches_tensorflow_in_value_and_gradient():
         results.append((losses, tape.gradient(total, logits)))
     for ours, theirs in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_output_losses_match_the_dense_layer_and_tensorflows_loss():
+    """output_losses(x, kernel, bias, y) = cross-entropy of x @ kernel + bias, in value and in every gradient."""
+    x = tf.random.stateless_normal([2, 5, 16], seed=[1, 0])
+    kernel = tf.random.stateless_normal([16, 30], seed=[2, 0], stddev=0.5)
+    bias = tf.random.stateless_normal([30], seed=[3, 0])
+    targets = random_ids(2, 5)
+    weights = tf.random.stateless_uniform([2, 5], seed=[4, 0])  # a different upstream gradient per position
+
+    def reference(x, kernel, bias):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, tf.einsum("btu,uv->btv", x, kernel) + bias)
+
+    results = {}
+    for name, loss_fn in [("reference", reference),
+                          ("float32", lambda *a: model_lib.output_losses(*a, targets, bfloat16=False)),
+                          ("bfloat16", lambda *a: model_lib.output_losses(*a, targets, bfloat16=True))]:
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            losses = loss_fn(x, kernel, bias)
+            total = tf.reduce_sum(losses * weights)
+        results[name] = [losses, *tape.gradient(total, [x, kernel, bias])]
+    for ours, theirs in zip(results["float32"], results["reference"]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(results["bfloat16"], results["reference"]):
+        np.testing.assert_allclose(ours, theirs, rtol=0.05, atol=0.02)  # bfloat16 rounding, and no more
 
 
 def test_train_step_gives_the_same_losses_fused_or_keras():
