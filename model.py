@@ -202,11 +202,11 @@ def softmax_losses(logits, targets):
 def output_losses(x, kernel, bias, targets, bfloat16):
     """cross_entropy(x @ kernel + bias, targets): the output layer and the loss as one function.
 
-    x [..., units], targets [...]. Its gradient never builds the [positions, vocab] gradient of
-    the logits, which costs several passes over memory: the softmax's share comes from the saved
-    exponentials, each row's scale (upstream / sum) is applied to the matmuls' small side, and
-    the one-hot's share is a gather and a segment sum of rows. The bias rides in the matmuls as
-    a row under the kernel, against a column of ones, so neither direction has a pass of its own.
+    x [..., units], targets [...]. Its gradient skips passes over the [positions, vocab] logits'
+    gradient: it subtracts the one-hot at one entry per row of the saved exponentials, and each
+    row's scale (upstream / sum) goes onto the matmuls' small side. The bias rides in the
+    matmuls as a row under the kernel, against a column of ones, so neither direction has a
+    pass of its own for it.
     """
     shape = tf.shape(targets)
     flat = tf.reshape(x, [-1, x.shape[-1]])
@@ -252,13 +252,6 @@ def fused_losses(net, ids, targets, states):
     x, states = fused_hidden(net, ids, states, training=True)
     output = net.get_layer("logits")
     return output_losses(x, output.kernel.value, output.bias.value, targets, is_bfloat16(net)), states
-
-
-def fused_call(net, ids, states, training):
-    """net([ids, *states]) computed by hand: fused_hidden, then the output layer."""
-    x, states = fused_hidden(net, ids, states, training)
-    output = net.get_layer("logits")
-    return [dense(x, output.kernel.value, output.bias.value, is_bfloat16(net)), *states]
 
 
 def fused_hidden(net, ids, states, training):
