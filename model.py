@@ -119,8 +119,8 @@ def make_train_step(net, optimizer, grad_clip, strategy, fused=None):
         grads = tape.gradient(loss, net.trainable_variables)
         # Clip by the norm of the summed gradient, as one device would. Keras' optimizer sums the
         # replicas' gradients itself and has no way to take sums made here, so with several
-        # replicas the sum is made twice (on one device both are no-ops). An infinite norm makes
-        # every gradient NaN, so the loss check stops the run.
+        # replicas the sum is made twice (on one device both are no-ops). When clipping, an
+        # infinite norm makes every gradient NaN, so the loss check stops the run.
         total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grad_norm = tf.linalg.global_norm(total)
         if grad_clip > 0:  # 0: no clipping (a clip norm of infinity would make inf / inf = NaN)
