@@ -151,7 +151,7 @@ def affine(x, kernel_and_bias, bfloat16):
     """x times a [kernel; bias] matrix, plus the bias."""
     if bfloat16:  # a separate float32 add: many streams make no matrix-vector dot for XLA to fuse
         return matmul(x, kernel_and_bias[:-1], True) + kernel_and_bias[-1]
-    return tf.matmul(with_one(x), kernel_and_bias)
+    return tf.matmul(model_lib.with_one(x), kernel_and_bias)
 
 
 def output_logits(h, kernel_and_bias, bfloat16):
@@ -167,11 +167,6 @@ def output_logits(h, kernel_and_bias, bfloat16):
     if h.shape[0] == 1 and kernel_and_bias.shape.num_elements() < ONE_CORE_PRODUCT:
         return affine(tf.tile(h, [2, 1]), kernel_and_bias, bfloat16)[:1]
     return affine(h, kernel_and_bias, bfloat16)
-
-
-def with_one(x):
-    """x [n, k] with a column of ones appended: [n, k + 1], to meet a bias row under a kernel."""
-    return tf.concat([x, tf.ones_like(x[:, :1])], 1)
 
 
 def lstm_cell(z, c):

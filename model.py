@@ -214,7 +214,7 @@ def output_losses(x, kernel, bias, targets, bfloat16):
 
     @tf.custom_gradient
     def losses_of(flat, kernel, bias):
-        inputs = tf.concat([flat, tf.ones_like(flat[:, :1])], 1)
+        inputs = with_one(flat)
         weights = tf.concat([kernel, bias[None]], 0)
         losses, exps, sums = softmax_losses(matmul(inputs, weights, bfloat16), targets)
 
@@ -279,6 +279,11 @@ def fused_hidden(net, ids, states, training):
         x = net.get_layer(f"dropout_{i}").call(x, training=training)
         new_states += [h, c]
     return x, new_states
+
+
+def with_one(x):
+    """x [n, k] with a column of ones appended: [n, k + 1], to meet a bias row under a kernel."""
+    return tf.concat([x, tf.ones_like(x[:, :1])], 1)
 
 
 def is_bfloat16(net):
@@ -348,7 +353,7 @@ def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
             d_z = tf.stack(d_z, 1)
             units = recurrent_kernel.shape[0]
             h_before = tf.reshape(tf.concat([h0[:, None], outputs[:, :-1]], 1), [-1, units])
-            d_kernel = matmul(tf.transpose(h_before), tf.reshape(d_z, [-1, 4 * units]), bfloat16)
+            d_kernel = matmul(h_before, tf.reshape(d_z, [-1, 4 * units]), bfloat16, transpose_a=True)
             return d_z, d_h, d_c, d_kernel
 
         return (outputs, h, c), grad
