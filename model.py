@@ -174,60 +174,76 @@ def cross_entropy(logits, targets):
 
     Written out because TensorFlow's kernel is slow on CPU: for a batch of 32x26 characters over
     3,501 it took 17 ms forward and backward, against 7 ms here. The gradient, softmax minus the
-    target's one-hot, reuses the forward pass' exponentials and subtracts at the targets only.
+    target's one-hot, reuses the forward pass' probabilities and subtracts at the targets only.
     """
     shape = tf.shape(logits)
     flat = tf.reshape(logits, [-1, shape[-1]])
-    targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
-    losses, exps, sums = softmax_losses(flat, targets)
+    at_targets = target_indices(targets)
+    probs, losses = softmax_losses(flat, at_targets)
 
     def grad(upstream):
-        upstream = tf.reshape(upstream, [-1])
-        at_targets = tf.stack([tf.range(tf.size(targets)), targets], 1)
-        dlogits = tf.tensor_scatter_nd_sub(exps * (upstream[:, None] / sums), at_targets, upstream)
+        dlogits = minus_one_hot(probs, at_targets) * tf.reshape(upstream, [-1, 1])
         return tf.reshape(dlogits, shape), None
 
     return tf.reshape(losses, shape[:-1]), grad
 
 
-def softmax_losses(logits, targets):
-    """(-log softmax(logits)[target], the exponentials exp(logits - max), their sums) of [n, vocab] logits."""
-    top = tf.reduce_max(logits, -1, keepdims=True)
-    exps = tf.exp(logits - top)
-    sums = tf.reduce_sum(exps, -1, keepdims=True)
-    losses = tf.squeeze(tf.math.log(sums) + top, -1) - tf.gather(logits, targets, batch_dims=1)
-    return losses, exps, sums
+def target_indices(targets):
+    """[n, 2] indices (position, target) into [n, vocab] rows, of targets [...] flattened."""
+    targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
+    return tf.stack([tf.range(tf.size(targets)), targets], 1)
+
+
+def softmax_losses(logits, at_targets):
+    """(softmax(logits), -log softmax(logits)[target]) of [n, vocab] logits, in float32 or bfloat16.
+
+    TensorFlow's softmax is one pass (oneDNN's kernel): twice as fast here as max, exp and sum
+    in Eigen's kernels, which this build compiles without AVX2. A target's probability underflows
+    to 0 only when its logit is about 87 below the row's top; the losses then come from logsumexp.
+    """
+    probs = tf.nn.softmax(logits)
+    at_target = tf.cast(tf.gather_nd(probs, at_targets), tf.float32)
+
+    def from_logits():
+        logits32 = tf.cast(logits, tf.float32)
+        return tf.reduce_logsumexp(logits32, -1) - tf.gather_nd(logits32, at_targets)
+
+    losses = tf.cond(tf.reduce_min(at_target) > 0, lambda: -tf.math.log(at_target), from_logits)
+    return probs, losses
+
+
+def minus_one_hot(probs, at_targets):
+    """probs with 1 taken off at each row's target: the losses' gradient with respect to the logits."""
+    return tf.tensor_scatter_nd_sub(probs, at_targets, tf.ones([tf.shape(at_targets)[0]], probs.dtype))
 
 
 def output_losses(x, kernel, bias, targets, bfloat16):
     """cross_entropy(x @ kernel + bias, targets): the output layer and the loss as one function.
 
     x [..., units], targets [...]. Its gradient skips passes over the [positions, vocab] logits'
-    gradient: it subtracts the one-hot at one entry per row of the saved exponentials, and each
-    row's scale (upstream / sum) goes onto the matmuls' small side. The bias rides in the
-    matmuls as a row under the kernel, against a column of ones, so neither direction has a
-    pass of its own for it.
+    gradient: each row's upstream gradient goes onto the matmuls' small side (their output, or
+    their other input). The bias rides in the matmuls as a row under the kernel, against a column
+    of ones, so neither direction has a pass of its own for it. Under bfloat16 the softmax reads
+    the matmul's bfloat16 product, and its probabilities feed the gradient's matmuls as they are.
     """
     shape = tf.shape(targets)
     flat = tf.reshape(x, [-1, x.shape[-1]])
-    targets = tf.reshape(tf.cast(targets, tf.int32), [-1])
+    at_targets = target_indices(targets)
+    dtype = tf.bfloat16 if bfloat16 else tf.float32
 
     @tf.custom_gradient
     def losses_of(flat, kernel, bias):
         inputs = with_one(flat)
         weights = tf.concat([kernel, bias[None]], 0)
-        losses, exps, sums = softmax_losses(matmul(inputs, weights, bfloat16), targets)
+        probs, losses = softmax_losses(tf.matmul(tf.cast(inputs, dtype), tf.cast(weights, dtype)), at_targets)
 
         def grad(upstream):
-            # The logits' gradient is (exps - one-hot * sums) times each row's upstream / sums; that
-            # row scale is applied to the matmuls' small side: their output, or their other input.
-            scale = upstream[:, None] / sums
-            exps_in = tf.cast(exps, tf.bfloat16) if bfloat16 else exps  # one cast, for both matmuls
-            at_targets = tf.stack([tf.range(tf.size(targets)), targets], 1)
-            unscaled = tf.tensor_scatter_nd_sub(exps_in, at_targets, tf.cast(sums[:, 0], exps_in.dtype))
-            d_inputs = matmul(unscaled, weights, bfloat16, transpose_b=True) * scale
-            d_weights = matmul(inputs * scale, unscaled, bfloat16, transpose_a=True)
-            return d_inputs[:, :-1], d_weights[:-1], d_weights[-1]
+            d_logits = minus_one_hot(probs, at_targets)  # times upstream, row by row
+            # Against the kernel alone: the bias row's share of d_inputs would be dropped, and a
+            # 129-wide product took 1.1 ms longer than a 128-wide one (bfloat16, small model).
+            d_flat = matmul(d_logits, kernel, bfloat16, transpose_b=True) * upstream[:, None]
+            d_weights = matmul(inputs * upstream[:, None], d_logits, bfloat16, transpose_a=True)
+            return d_flat, d_weights[:-1], d_weights[-1]
 
         return losses, grad
 
@@ -251,34 +267,60 @@ def fused_losses(net, ids, targets, states):
     """keras_losses computed by hand: fused_hidden, then output_losses."""
     x, states = fused_hidden(net, ids, states, training=True)
     output = net.get_layer("logits")
-    return output_losses(x, output.kernel.value, output.bias.value, targets, is_bfloat16(net)), states
+    losses = output_losses(x, output.kernel.value, output.bias.value, tf.transpose(targets), is_bfloat16(net))
+    return tf.transpose(losses), states
+
+
+# Each layer runs its window in this many pieces, so that the next layer can start on a piece
+# while this one computes the next: the two layers' chains of small operations then run on both
+# cores, forward and backward (small model, bfloat16: 17.3 -> 14.4 ms for the LSTM layers).
+PIPELINE_CHUNKS = 2
 
 
 def fused_hidden(net, ids, states, training):
-    """(the last LSTM layer's outputs after dropout, new states) of the model, by hand.
+    """(the last LSTM layer's outputs after dropout, time-major [T, B, U]; new states) of the
+    model on ids [B, T], by hand.
 
     lstm_sequence takes the place of the Keras LSTM layers: the same weights and the same function
-    (in float32 equal to rounding); each layer's input projection is one matmul over the whole
-    window. Under the bfloat16 policy every matmul rounds its inputs and product to bfloat16,
-    which TensorFlow runs on AMX here, and the gate arithmetic and the states stay float32. The
-    window length must be known when the step is traced.
+    (in float32 equal to rounding); each layer's input projection is one matmul per piece of the
+    window (PIPELINE_CHUNKS). Under the bfloat16 policy every matmul rounds its inputs and product
+    to bfloat16, which TensorFlow runs on AMX here, and the gate arithmetic and the states stay
+    float32. The window length must be known when the step is traced. Time-major, each step's
+    slice is one contiguous block, which slicing and stacking read and write without gathering.
     """
     bfloat16 = is_bfloat16(net)
     if any(layer.name == "embedding" for layer in net.layers):
         # The float32 table's rows: the layer itself would first cast its whole table under the
         # bfloat16 policy, and the first matmul rounds these rows to bfloat16 all the same.
-        x = tf.gather(net.get_layer("embedding").embeddings.value, ids)
+        x = tf.gather(net.get_layer("embedding").embeddings.value, tf.transpose(ids))
     else:
-        x = tf.cast(net.get_layer("one_hot")(ids), tf.float32)
+        x = tf.cast(net.get_layer("one_hot")(tf.transpose(ids)), tf.float32)
+    steps = ids.shape[1]
+    cuts = sorted({steps * j // PIPELINE_CHUNKS for j in range(PIPELINE_CHUNKS + 1)})
+    bounds = list(zip(cuts, cuts[1:]))
+    pieces = tf.split(x, [end - start for start, end in bounds])
     new_states = []
     for i, layer in enumerate(lstm_layers(net)):
         cell = layer.cell
-        projected = dense(x, cell.kernel.value, cell.bias.value, bfloat16)
-        x, h, c = lstm_sequence(projected, states[2 * i], states[2 * i + 1], cell.recurrent_kernel.value, bfloat16)
-        # call() keeps x float32, where the layer itself would cast it to bfloat16 and back.
-        x = net.get_layer(f"dropout_{i}").call(x, training=training)
+        h, c = states[2 * i], states[2 * i + 1]
+        mask = dropout_mask(net.get_layer(f"dropout_{i}"), [tf.shape(ids)[0], steps, cell.units], training)
+        outputs = []
+        for (start, end), piece in zip(bounds, pieces):
+            projected = dense(piece, cell.kernel.value, cell.bias.value, bfloat16)
+            output, h, c = lstm_sequence(projected, h, c, cell.recurrent_kernel.value, bfloat16)
+            outputs.append(output if mask is None else output * mask[start:end])
+        pieces = outputs
         new_states += [h, c]
-    return x, new_states
+    return tf.concat(pieces, 0), new_states
+
+
+def dropout_mask(dropout, shape, training):
+    """The mask, scaled by 1 / (1 - rate), that the dropout layer draws for inputs of this shape
+    [B, T, U], time-major; None when it keeps every unit. call() keeps it float32, where the layer
+    would cast to bfloat16."""
+    if not training or dropout.rate == 0:
+        return None
+    return tf.transpose(dropout.call(tf.ones(shape), training=True), [1, 0, 2])
 
 
 def with_one(x):
@@ -309,15 +351,15 @@ def dense(x, kernel, bias, bfloat16):
 
 
 def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
-    """Keras' LSTM layer over a window: (outputs [B, T, U], h, c) from (h, c) and the inputs' projections.
+    """Keras' LSTM layer over a window: (outputs [T, B, U], h, c) from (h, c) and the inputs' projections.
 
-    projected [B, T, 4U] is the inputs times the layer's kernel plus its bias (gates in Keras'
+    projected [T, B, 4U] (time-major) is the inputs times the layer's kernel plus its bias (gates in Keras'
     order i, f, c, o). The gradient is written out the way cuDNN's is: the backward loop only
     carries the state gradients through time, and the recurrent kernel's gradient is then one
     [U, B*T] x [B*T, 4U] matmul instead of T small ones. TensorFlow's own gradient of the loop
     took 1.6 times as long (small model, one layer).
     """
-    steps = projected.shape[1]
+    steps = projected.shape[0]
     if steps is None:
         raise ValueError("lstm_sequence needs the window length when it is traced")
     compute_dtype = tf.bfloat16 if bfloat16 else tf.float32  # matmul casts to it; a cast to the same type is free
@@ -327,7 +369,7 @@ def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
         kernel = tf.cast(recurrent_kernel, compute_dtype)
         h, c, outputs, saved = h0, c0, [], []
         for t in range(steps):
-            z = projected[:, t] + matmul(h, kernel, bfloat16)
+            z = projected[t] + matmul(h, kernel, bfloat16)
             i, f, g, o = tf.split(z, 4, axis=1)
             i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
             c_before = c
@@ -336,23 +378,23 @@ def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
             h = o * tanh_c
             outputs.append(h)
             saved.append((i, f, g, o, c_before, tanh_c))
-        outputs = tf.stack(outputs, 1)
+        outputs = tf.stack(outputs)
 
         def grad(d_outputs, d_h, d_c):
             kernel_t = tf.transpose(kernel)
             d_z = [None] * steps
             for t in reversed(range(steps)):
                 i, f, g, o, c_before, tanh_c = saved[t]
-                d_h = d_outputs[:, t] + d_h
+                d_h = d_outputs[t] + d_h
                 d_c = d_c + d_h * o * (1 - tanh_c * tanh_c)
                 d_z[t] = tf.concat(
                     [d_c * g * i * (1 - i), d_c * c_before * f * (1 - f), d_c * i * (1 - g * g), d_h * tanh_c * o * (1 - o)], 1
                 )
                 d_c = d_c * f
                 d_h = matmul(d_z[t], kernel_t, bfloat16)
-            d_z = tf.stack(d_z, 1)
+            d_z = tf.stack(d_z)
             units = recurrent_kernel.shape[0]
-            h_before = tf.reshape(tf.concat([h0[:, None], outputs[:, :-1]], 1), [-1, units])
+            h_before = tf.reshape(tf.concat([h0[None], outputs[:-1]], 0), [-1, units])
             d_kernel = matmul(h_before, tf.reshape(d_z, [-1, 4 * units]), bfloat16, transpose_a=True)
             return d_z, d_h, d_c, d_kernel
 

@@ -148,17 +148,19 @@ def fused_forward(net, ids, states, training):
     """The logits of the training step's hand-written model: fused_hidden, then the output layer."""
     x, states = model_lib.fused_hidden(net, ids, states, training)
     output = net.get_layer("logits")
+    x = tf.transpose(x, [1, 0, 2])  # to batch-major
     return [model_lib.dense(x, output.kernel.value, output.bias.value, model_lib.is_bfloat16(net)), *states]
 
 
-@pytest.mark.parametrize("use_embedding", [True, False])
-def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding):
-    """The CPU training path (fused_hidden) must be the Keras model: same logits, states and gradients."""
+@pytest.mark.parametrize("use_embedding, steps", [(True, 7), (False, 7), (True, 1)])
+def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding, steps):
+    """The CPU training path (fused_hidden) must be the Keras model: same logits, states and gradients,
+    whether the window splits into pieces (PIPELINE_CHUNKS) or is a single step."""
     config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.5, use_embedding=use_embedding)
     net = build_model(config)
     for v in net.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=2))
-    ids, targets = random_ids(3, 7, seed=1), random_ids(3, 7, seed=2)
+    ids, targets = random_ids(3, steps, seed=1), random_ids(3, steps, seed=2)
     states = [tf.random.normal(s.shape, seed=3 + i) for i, s in enumerate(zero_states(config, 3))]
     seeds = [layer.seed_generator.state for layer in net.layers if isinstance(layer, model_lib.ReplicaDropout)]
     first_seeds = [seed.numpy() for seed in seeds]
@@ -206,6 +208,18 @@ def test_cross_entropy_matches_tensorflow_in_value_and_gradient():
         results.append((losses, tape.gradient(total, logits)))
     for ours, theirs in zip(results[1], results[0]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_losses_stay_exact_when_a_targets_probability_underflows():
+    """A target 200 nats below its row's top has probability 0 in float32, and still its exact loss."""
+    logits = tf.constant([[[0.0, -200.0, 1.0], [2.0, 0.5, -1.0]]])
+    targets = tf.constant([[1, 0]])
+    expected = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+    np.testing.assert_allclose(model_lib.cross_entropy(logits, targets), expected, rtol=1e-6)
+    for bfloat16 in (False, True):
+        # The identity kernel makes x the logits; the bias rides in the matmul as an extra row.
+        losses = model_lib.output_losses(logits, tf.eye(3), tf.zeros([3]), targets, bfloat16)
+        np.testing.assert_allclose(losses, expected, rtol=0.01 if bfloat16 else 1e-6)
 
 
 def test_output_losses_match_the_dense_layer_and_tensorflows_loss():
