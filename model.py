@@ -377,19 +377,21 @@ def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
             tanh_c = tf.tanh(c)
             h = o * tanh_c
             outputs.append(h)
-            saved.append((i, f, g, o, c_before, tanh_c))
+            # The backward step's factors (d_c += d_h * to_c; d_z = [d_c, d_c, d_c, d_h] * gates),
+            # computed here, where nothing waits on them, leave its loop a short chain a step.
+            to_c = o * (1 - tanh_c * tanh_c)
+            gates = tf.concat([g * i * (1 - i), c_before * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], 1)
+            saved.append((f, to_c, gates))
         outputs = tf.stack(outputs)
 
         def grad(d_outputs, d_h, d_c):
             kernel_t = tf.transpose(kernel)
             d_z = [None] * steps
             for t in reversed(range(steps)):
-                i, f, g, o, c_before, tanh_c = saved[t]
+                f, to_c, gates = saved[t]
                 d_h = d_outputs[t] + d_h
-                d_c = d_c + d_h * o * (1 - tanh_c * tanh_c)
-                d_z[t] = tf.concat(
-                    [d_c * g * i * (1 - i), d_c * c_before * f * (1 - f), d_c * i * (1 - g * g), d_h * tanh_c * o * (1 - o)], 1
-                )
+                d_c = d_c + d_h * to_c
+                d_z[t] = tf.concat([d_c, d_c, d_c, d_h], 1) * gates
                 d_c = d_c * f
                 d_h = matmul(d_z[t], kernel_t, bfloat16)
             d_z = tf.stack(d_z)
