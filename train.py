@@ -53,7 +53,8 @@ flags.DEFINE_float("eval_temperature", 0.8, "sampling temperature of those poems
 flags.DEFINE_integer("log_every_n", 500, "log training loss every this many steps", lower_bound=1)
 flags.DEFINE_integer("max_to_keep", 3, "checkpoints kept on disk", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "random seed for initialisation and dropout")
-flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "training arithmetic: bfloat16 is mixed precision (float32 weights)")
+flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "training arithmetic: bfloat16 is mixed precision "
+                  "(float32 weights); auto: bfloat16 on a CPU with AMX, else float32")
 flags.DEFINE_integer("eval_chars", 1_000_000, "validate on at most this many held-out characters (keeps huge corpora quick)", lower_bound=2)
 flags.DEFINE_string("cache_dir", read_utils.default_cache_dir(), "where encoded corpora are kept (safe to delete)")
 # Scaling out (README: "Training on several GPUs or machines").
@@ -113,6 +114,8 @@ def train_with(strategy, scratch):
     saved, saved_vocab = load_saved_run(config_path, vocab_path)
     if saved:
         adopt_saved_settings(saved)
+    if FLAGS.precision == "auto":  # config.json keeps the choice, so a resumed run keeps it too
+        FLAGS.precision = model_lib.auto_precision()
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise read_utils.InputError(
@@ -127,8 +130,9 @@ def train_with(strategy, scratch):
     reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in MODEL_FLAGS})
     logging.info(
-        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s)",
+        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s), %s",
         corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", len(vocab), reader.windows_per_epoch, replicas,
+        FLAGS.precision,
     )
 
     keras.utils.set_random_seed(FLAGS.seed)

@@ -5,6 +5,7 @@ import re
 
 import tensorflow as tf
 
+import model as model_lib
 from conftest import TINY_MODEL, read_run, run_script
 
 
@@ -65,6 +66,9 @@ def test_training_again_resumes_and_adds_steps(toy_corpus, tmp_path):
     iterations = [k for k in reader.get_variable_to_shape_map() if "iterations" in k]
     assert iterations and reader.get_tensor(iterations[0]) == 35
     assert any((reader.get_tensor(k) != v).any() for k, v in weights_at_20.items())
+    # --precision auto is saved as what it chose, so a resumed run keeps computing the same way.
+    config = json.load(open(run_dir / "config.json", encoding="utf-8"))
+    assert config["training"]["precision"] == model_lib.auto_precision()
 
 
 def test_resuming_with_other_model_flags_is_refused_and_changes_nothing(toy_corpus, tmp_path):

@@ -136,6 +136,16 @@ def test_fused_adam_updates_like_keras_adam():
         np.testing.assert_allclose(ours, keras_value, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="with a GPU, auto is always float32")
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_amx(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert model_lib.auto_precision(cpuinfo) == "bfloat16"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert model_lib.auto_precision(cpuinfo) == "float32"
+    assert model_lib.auto_precision(tmp_path / "missing") == "float32"
+
+
 def test_config_json_round_trip():
     assert ModelConfig.from_json(CONFIG.to_json()) == CONFIG
 
