@@ -298,7 +298,7 @@ def fused_losses(net, ids, targets, states):
 # Each layer runs its window in this many pieces, so that the next layer can start on a piece
 # while this one computes the next: the two layers' chains of small operations then run on both
 # cores, forward and backward (small model, bfloat16: 17.3 -> 14.4 ms for the LSTM layers).
-PIPELINE_CHUNKS = 2
+PIPELINE_PIECES = 2
 
 
 def fused_hidden(net, ids, states, training):
@@ -307,7 +307,7 @@ def fused_hidden(net, ids, states, training):
 
     lstm_sequence takes the place of the Keras LSTM layers: the same weights and the same function
     (in float32 equal to rounding); each layer's input projection is one matmul per piece of the
-    window (PIPELINE_CHUNKS). Under the bfloat16 policy every matmul rounds its inputs and product
+    window (PIPELINE_PIECES). Under the bfloat16 policy every matmul rounds its inputs and product
     to bfloat16, which TensorFlow runs on AMX here, and the gate arithmetic and the states stay
     float32. The window length must be known when the step is traced. Time-major, each step's
     slice is one contiguous block, which slicing and stacking read and write without gathering.
@@ -320,7 +320,7 @@ def fused_hidden(net, ids, states, training):
     else:
         x = tf.cast(net.get_layer("one_hot")(tf.transpose(ids)), tf.float32)
     steps = ids.shape[1]
-    cuts = sorted({steps * j // PIPELINE_CHUNKS for j in range(PIPELINE_CHUNKS + 1)})
+    cuts = sorted({steps * j // PIPELINE_PIECES for j in range(PIPELINE_PIECES + 1)})
     bounds = list(zip(cuts, cuts[1:]))
     pieces = tf.split(x, [end - start for start, end in bounds])
     new_states = []

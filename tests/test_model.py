@@ -165,7 +165,7 @@ def fused_forward(net, ids, states, training):
 @pytest.mark.parametrize("use_embedding, steps", [(True, 7), (False, 7), (True, 1)])
 def test_fused_lstm_computes_the_keras_model_and_its_gradients(use_embedding, steps):
     """The CPU training path (fused_hidden) must be the Keras model: same logits, states and gradients,
-    whether the window splits into pieces (PIPELINE_CHUNKS) or is a single step."""
+    whether the window splits into pieces (PIPELINE_PIECES) or is a single step."""
     config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.5, use_embedding=use_embedding)
     net = build_model(config)
     for v in net.trainable_variables:
