@@ -257,9 +257,10 @@ def output_losses(x, kernel, bias, targets, bfloat16):
         # per matmul, small model); the bias row puts the padding's logits at -1e30, probability 0.
         vocab = kernel.shape[1]
         pad = -vocab % 32
-        padded_kernel = tf.pad(kernel, [[0, 0], [0, pad]])
-        weights = tf.concat([padded_kernel, tf.pad(bias, [[0, pad]], constant_values=-1e30)[None]], 0)
-        probs, losses = softmax_losses(tf.matmul(tf.cast(inputs, dtype), tf.cast(weights, dtype)), at_targets)
+        padded_kernel = tf.cast(tf.pad(kernel, [[0, 0], [0, pad]]), dtype)  # cast once, for both directions
+        padded_bias = tf.cast(tf.pad(bias, [[0, pad]], constant_values=-1e30), dtype)
+        weights = tf.concat([padded_kernel, padded_bias[None]], 0)
+        probs, losses = softmax_losses(tf.matmul(tf.cast(inputs, dtype), weights), at_targets)
 
         def grad(upstream):
             d_logits = minus_one_hot(probs, at_targets)  # times upstream, row by row
