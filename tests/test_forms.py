@@ -89,9 +89,9 @@ def test_every_poem_is_well_formed_whatever_the_decoding(gen, name, decoding):
         assert len(set(poems)) == len(poems)  # sampled, not collapsed by the masks
 
 
-def test_many_streams_on_bfloat16_matmuls_are_well_formed_too(trained_run):
+def test_many_streams_in_the_many_stream_form_are_well_formed_too(trained_run):
     config, vocab, path = generator.load_run(trained_run[0])
-    many = generator.Generator(config, vocab, path, num_streams=generator.BFLOAT16_STREAMS)
+    many = generator.Generator(config, vocab, path, num_streams=generator.MANY_STREAMS)
     for name in ("wujue", "qilv"):
         poems = many.generate(form=name, acrostic="春秋", temperature=1.5, top_p=0.9, seed=12)
         assert all(poem_pattern(*SHAPES[name]).fullmatch(poem) for poem in poems), poems

@@ -72,8 +72,10 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
 
 # --- the hand-written step ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_embedding, streams", [(True, 2), (False, 2), (True, 1)])  # 1: output_logits' two rows
-def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams):
+# 1 stream: output_logits' two rows; ahead: the many-stream form, here in float32
+@pytest.mark.parametrize("use_embedding, streams, ahead", [(True, 2, False), (False, 2, False), (True, 1, False),
+                                                           (True, 2, True)])
+def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams, ahead):
     config = model_lib.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
                                    use_embedding=use_embedding)
     net = model_lib.build_model(config)
@@ -82,9 +84,10 @@ def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams)
     ids = np.random.default_rng(0).integers(0, 37, (streams, 15)).astype(np.int32)
     expected = net([tf.constant(ids), *model_lib.zero_states(config, streams)], training=False)[0].numpy()
     step = generator.CharStep.from_model(net)
-    state, logits = step.zero_state(streams), []
+    advance = step.ahead if ahead else step
+    state, logits = step.zero_state(streams, ahead), []
     for t in range(ids.shape[1]):
-        out, state = step(tf.constant(ids[:, t]), state)
+        out, state = advance(tf.constant(ids[:, t]), state)
         logits.append(out.numpy())
     logits = np.stack(logits, axis=1)
     assert logits.shape[-1] % generator.BLOCK == 0
@@ -114,7 +117,7 @@ def test_same_seed_same_text_and_top_k_one_is_greedy(gen):
     assert all(text.startswith("春") for text in first + greedy)
 
 
-@pytest.mark.parametrize("num_streams", [8, generator.BFLOAT16_STREAMS])  # float32 and bfloat16 matmuls
+@pytest.mark.parametrize("num_streams", [8, generator.MANY_STREAMS])  # CharStep's two forms
 def test_banned_and_unknown_characters_never_appear(trained_run, num_streams):
     banned = load(trained_run[0], num_streams=num_streams, banned="春花")
     texts = banned.generate("", 200, temperature=2.0, seed=1)
@@ -125,15 +128,16 @@ def test_banned_and_unknown_characters_never_appear(trained_run, num_streams):
 
 
 def test_bfloat16_step_stays_close_to_float32(trained_run):
-    """The many-stream path rounds matmul inputs to bfloat16: its next-character distributions
-    must stay within a small total variation of float32's."""
+    """The many-stream form rounds matmul inputs to bfloat16: its next-character distributions
+    must stay within a small total variation of the few-stream form's, in float32."""
     step = load(trained_run[0]).step
 
     @tf.function(jit_compile=True)  # the bfloat16 matmul exists only under XLA
-    def distributions(ids, bfloat16):
-        state, out = step.zero_state(ids.shape[0]), []
+    def distributions(ids, many):
+        advance = step.ahead if many else step
+        state, out = step.zero_state(ids.shape[0], ahead=many), []
         for t in range(ids.shape[1]):
-            logits, state = step(ids[:, t], state, bfloat16)
+            logits, state = advance(ids[:, t], state, many)
             out.append(tf.nn.softmax(logits))
         return tf.stack(out, 1)
 
