@@ -20,7 +20,9 @@ the same per character as trained ones. Each line holds:
 For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
   chars_per_s   characters trained per second through train.py's own compiled step;
   baseline_chars_per_s, ratio   the same model as a plain Keras Sequential trained by model.fit
-                with default settings, measured in the same run, and our speed over it;
+                with default settings, measured in the same run in alternating turns (4 of
+                --seconds / 4 each side), and our speed over it: the median of the turns' ratios,
+                listed in round_ratios;
   peak_rss_mb   (memory lines) peak resident memory of a fresh process doing only that work.
 A measurement is a function returning a dict; add new ones to MEASUREMENTS.
 """
@@ -44,6 +46,7 @@ flags.DEFINE_boolean("report_rss", False, "add the process's peak resident memor
 FLAGS = flags.FLAGS
 
 VOCAB_SIZE = 3501
+ROUNDS = 4  # alternating turns of our step and model.fit in train_vs_baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +153,7 @@ def random_windows(batch, steps, seed=0):
 
 
 def timed_steps(step, seconds):
-    """Runs step() for at least `seconds` after three warm-up calls; returns (calls, elapsed)."""
-    for _ in range(3):
-        step()
+    """Runs step() for at least `seconds` (and 3 calls); returns (calls, elapsed)."""
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or calls < 3:
         step()
@@ -160,8 +161,8 @@ def timed_steps(step, seconds):
     return calls, time.perf_counter() - start
 
 
-def train_speed(size, precision="float32"):
-    """Characters per second through train.py's own compiled step (model.make_train_step)."""
+def our_trainer(size, precision="float32"):
+    """train(seconds) -> (characters, elapsed) through train.py's own compiled step (model.make_train_step)."""
     import tensorflow as tf
 
     import model as model_lib
@@ -182,12 +183,19 @@ def train_speed(size, precision="float32"):
         loss, _, states = train_step(x, y, states, tf.constant(False))
         float(loss)
 
-    calls, elapsed = timed_steps(step, FLAGS.seconds)
-    return {"chars_per_s": round(calls * batch * steps / elapsed), "batch": f"{batch}x{steps}", "precision": precision}
+    def train(seconds):
+        calls, elapsed = timed_steps(step, seconds)
+        return calls * batch * steps, elapsed
+
+    for _ in range(3):  # tracing and warm-up
+        step()
+    return train
 
 
-def keras_baseline_speed(size):
-    """The plain Keras way: Sequential Embedding/LSTM/Dense, compile, model.fit, default settings."""
+def keras_trainer(size):
+    """train(seconds) -> (characters, elapsed) the plain Keras way: Sequential Embedding/LSTM/Dense,
+    compile, model.fit, default settings. Each call is one fit() of the same compiled model,
+    timed from its fourth batch on."""
     import keras
     import tensorflow as tf
 
@@ -208,30 +216,59 @@ def keras_baseline_speed(size):
     class StepClock(keras.callbacks.Callback):
         """Times batches after three warm-up ones; stops fit once enough time is measured."""
 
-        def __init__(self):
+        def __init__(self, seconds):
             super().__init__()
-            self.count, self.start = 0, None
+            self.seconds, self.count, self.start = seconds, 0, None
 
         def on_train_batch_end(self, index, logs=None):
             if index == 2:
                 self.start = time.perf_counter()
             elif index > 2:
                 self.count += 1
-                if time.perf_counter() - self.start >= FLAGS.seconds:
+                if time.perf_counter() - self.start >= self.seconds:
                     self.model.stop_training = True
 
-    clock = StepClock()
-    net.fit(dataset, epochs=1, verbose=0, callbacks=[clock])
-    elapsed = time.perf_counter() - clock.start
-    return {"chars_per_s": round(clock.count * batch * steps / elapsed), "batch": f"{batch}x{steps}"}
+    def train(seconds):
+        clock = StepClock(seconds)
+        net.fit(dataset, epochs=1, verbose=0, callbacks=[clock])
+        return clock.count * batch * steps, time.perf_counter() - clock.start
+
+    return train
+
+
+def train_speed(size, precision="float32"):
+    """Characters per second through train.py's own step, timed for --seconds."""
+    chars, elapsed = our_trainer(size, precision)(FLAGS.seconds)
+    return {"chars_per_s": round(chars / elapsed), "batch": "x".join(map(str, TRAIN_BATCH[size.name])),
+            "precision": precision}
 
 
 def train_vs_baseline(size, precision="float32"):
-    ours = train_speed(size, precision)
-    baseline = keras_baseline_speed(size)
-    ours["baseline_chars_per_s"] = baseline["chars_per_s"]
-    ours["ratio"] = round(ours["chars_per_s"] / baseline["chars_per_s"], 2)
-    return ours
+    """Our step and model.fit in ROUNDS alternating turns of --seconds / ROUNDS each.
+
+    The machine's speed drifts by 10-20% over tens of seconds; alternating turns put both sides
+    under the same drift, and the ratio is the median of the rounds' ratios.
+    """
+    import numpy as np
+
+    trainers = {"ours": our_trainer(size, precision), "baseline": keras_trainer(size)}
+    rates = {name: [] for name in trainers}
+    totals = {name: [0, 0.0] for name in trainers}
+    for _ in range(ROUNDS):
+        for name, train in trainers.items():
+            chars, elapsed = train(FLAGS.seconds / ROUNDS)
+            rates[name].append(chars / elapsed)
+            totals[name][0] += chars
+            totals[name][1] += elapsed
+    ratios = [ours / baseline for ours, baseline in zip(rates["ours"], rates["baseline"])]
+    return {
+        "chars_per_s": round(totals["ours"][0] / totals["ours"][1]),
+        "baseline_chars_per_s": round(totals["baseline"][0] / totals["baseline"][1]),
+        "ratio": round(float(np.median(ratios)), 2),
+        "round_ratios": [round(r, 2) for r in ratios],
+        "batch": "x".join(map(str, TRAIN_BATCH[size.name])),
+        "precision": precision,
+    }
 
 
 # --- memory -----------------------------------------------------------------------------------
