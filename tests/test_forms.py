@@ -89,7 +89,7 @@ def test_every_poem_is_well_formed_whatever_the_decoding(gen, name, decoding):
         assert len(set(poems)) == len(poems)  # sampled, not collapsed by the masks
 
 
-def test_many_streams_in_the_many_stream_form_are_well_formed_too(trained_run):
+def test_many_streams_are_well_formed_too(trained_run):
     config, vocab, path = generator.load_run(trained_run[0])
     many = generator.Generator(config, vocab, path, num_streams=generator.MANY_STREAMS)
     for name in ("wujue", "qilv"):
