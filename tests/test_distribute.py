@@ -52,7 +52,6 @@ def one_device_run(corpus, tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_follows_one_device_and_resumes(corpus, one_device_run, tmp_path):
     run_dir = str(tmp_path / "run")
     mirrored = ["--strategy", "mirrored", "--cpu_devices", 2]
@@ -144,7 +143,6 @@ def checkpoint_dirs(root):
     return sorted({os.path.relpath(d, root) for d, _, names in os.walk(root) if "checkpoint" in names})
 
 
-@pytest.mark.slow
 def test_two_workers_train_like_one_device_write_one_run_and_resume(corpus, one_device_run, tmp_path):
     run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()
