@@ -18,7 +18,8 @@ the same per character as trained ones. Each line holds:
   load_avg      the 1-minute load average when the measurement started: other work on the
                 machine lowers every figure, so compare runs on a quiet machine.
 For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
-  chars_per_s   characters trained per second through train.py's own compiled step;
+  chars_per_s   characters trained per second through train.py's own compiled training call
+                (model.STEPS_PER_CALL steps a call, its --steps_per_execution default);
   baseline_chars_per_s, ratio   the same model as a plain Keras Sequential trained by model.fit
                 with default settings, measured in the same run in alternating turns (4 of
                 --seconds / 4 each side), and our speed over it: the median of the turns' ratios,
@@ -145,11 +146,13 @@ def sampling(size, streams, temperature=0.8, top_p=1.0, suffix=""):
 TRAIN_BATCH = {"small": (32, 26), "medium": (64, 64)}
 
 
-def random_windows(batch, steps, seed=0):
+def random_windows(batch, steps, seed=0, calls=None):
+    """Random ids [batch, steps + 1]; with calls, [batch, calls, steps + 1]: the windows of one training call."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    return rng.integers(1, VOCAB_SIZE, (batch, steps + 1)).astype("int32")
+    shape = (batch, steps + 1) if calls is None else (batch, calls, steps + 1)
+    return rng.integers(1, VOCAB_SIZE, shape).astype("int32")
 
 
 def timed_steps(step, seconds):
@@ -162,7 +165,8 @@ def timed_steps(step, seconds):
 
 
 def our_trainer(size, precision="float32"):
-    """train(seconds) -> (characters, elapsed) through train.py's own compiled step (model.make_train_step)."""
+    """train(seconds) -> (characters, elapsed) through train.py's own compiled training call
+    (model.make_train_steps), model.STEPS_PER_CALL steps a call, as train.py's default."""
     import tensorflow as tf
 
     import model as model_lib
@@ -173,22 +177,23 @@ def our_trainer(size, precision="float32"):
         num_layers=size.num_layers, dropout=0.1,
     )
     net = model_lib.build_model(config, precision)
-    train_step = model_lib.make_train_step(net, model_lib.Adam(1e-3), 5.0, tf.distribute.get_strategy())
-    window = tf.constant(random_windows(batch, steps))
-    x, y = window[:, :-1], window[:, 1:]
+    train_steps = model_lib.make_train_steps(net, model_lib.Adam(1e-3), 5.0, tf.distribute.get_strategy())
+    windows = tf.constant(random_windows(batch, steps, calls=model_lib.STEPS_PER_CALL))
+    x, y = windows[..., :-1], windows[..., 1:]
+    starts_epoch = tf.zeros([model_lib.STEPS_PER_CALL], tf.bool)
     states = model_lib.zero_states(config, batch)
 
-    def step():
+    def call():
         nonlocal states
-        loss, _, states = train_step(x, y, states, tf.constant(False))
-        float(loss)
+        losses, _, states = train_steps(x, y, states, starts_epoch)
+        losses.numpy()
 
     def train(seconds):
-        calls, elapsed = timed_steps(step, seconds)
-        return calls * batch * steps, elapsed
+        calls, elapsed = timed_steps(call, seconds)
+        return calls * model_lib.STEPS_PER_CALL * batch * steps, elapsed
 
-    for _ in range(3):  # tracing and warm-up
-        step()
+    for _ in range(2):  # tracing and warm-up
+        call()
     return train
 
 
@@ -237,7 +242,7 @@ def keras_trainer(size):
 
 
 def train_speed(size, precision="float32"):
-    """Characters per second through train.py's own step, timed for --seconds."""
+    """Characters per second through train.py's own training call, timed for --seconds."""
     chars, elapsed = our_trainer(size, precision)(FLAGS.seconds)
     return {"chars_per_s": round(chars / elapsed), "batch": "x".join(map(str, TRAIN_BATCH[size.name])),
             "precision": precision}
@@ -374,15 +379,15 @@ MEASUREMENTS = [
     sampling(SMALL, 1, temperature=0, suffix="_greedy"),
     sampling(MEDIUM, 1, temperature=0, suffix="_greedy"),
     sampling(SMALL, 1, top_p=0.9, suffix="_top_p"),
-    Measurement("train_small", "training, small model, batches 32x26: train.py's step vs plain Keras model.fit",
+    Measurement("train_small", "training, small model, batches 32x26: train.py's steps vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, SMALL)),
     Measurement("train_small_bf16", "training, small model, batches 32x26, --precision bfloat16 vs model.fit",
                 functools.partial(train_vs_baseline, SMALL, "bfloat16")),
-    Measurement("train_medium", "training, medium model, batches 64x64: train.py's step vs plain Keras model.fit",
+    Measurement("train_medium", "training, medium model, batches 64x64: train.py's steps vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, MEDIUM)),
     Measurement("train_medium_bf16", "training, medium model, batches 64x64, --precision bfloat16 vs model.fit",
                 functools.partial(train_vs_baseline, MEDIUM, "bfloat16")),
-    Measurement("train_step_medium", "training, medium model, train.py's step alone", functools.partial(train_speed, MEDIUM)),
+    Measurement("train_step_medium", "training, medium model, train.py's steps alone", functools.partial(train_speed, MEDIUM)),
     Measurement("train_memory_medium", "peak resident memory of a process training the medium model",
                 functools.partial(train_memory, MEDIUM)),
     *encoding(100),

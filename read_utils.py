@@ -409,19 +409,43 @@ class StreamReader:
         block = self.streams[:, k * self.seq_length : (k + 1) * self.seq_length + 1].astype(np.int32)
         return block[:, :-1], block[:, 1:], k == 0
 
-    def dataset(self, start_step, end_step):
-        """tf.data pipeline of windows for steps [start_step, end_step), prefetched."""
-        shape = [self.batch_size, self.seq_length]
+    def windows(self, first_step, count):
+        """(inputs [B, count, T], targets [B, count, T], starts_epoch [count]): the windows of count
+        steps from first_step, as one training call takes them."""
+        x, y, starts_epoch = zip(*(self.window(first_step + i) for i in range(count)))
+        return np.stack(x, 1), np.stack(y, 1), np.array(starts_epoch)
 
-        def window(step):
-            x, y, starts_epoch = tf.numpy_function(self.window, [step], [tf.int32, tf.int32, tf.bool], stateful=False)
-            return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape), tf.ensure_shape(starts_epoch, [])
+    def dataset(self, calls):
+        """tf.data pipeline of the windows of each training call, prefetched; calls is an int array
+        [number of calls, 2] of (first step, number of steps) (call_plan)."""
+        shape = [self.batch_size, None, self.seq_length]
 
-        ds = tf.data.Dataset.range(start_step, end_step).map(window).prefetch(2)
+        def windows(call):
+            x, y, starts_epoch = tf.numpy_function(
+                self.windows, [call[0], call[1]], [tf.int32, tf.int32, tf.bool], stateful=False
+            )
+            return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape), tf.ensure_shape(starts_epoch, [None])
+
+        ds = tf.data.Dataset.from_tensor_slices(calls).map(windows).prefetch(2)
         options = tf.data.Options()
         # Autotuning stalls iterator teardown for seconds on TF 2.21 (DESIGN.md); prefetch(2) is enough.
         options.autotune.enabled = False
         return ds.with_options(options)
+
+
+def call_plan(start, end, steps_per_call, intervals):
+    """(first step, number of steps) of each training call over the steps [start, end), an int array
+    [calls, 2]: a call has at most steps_per_call steps, and ends at every multiple of each
+    interval, where train.py logs, validates or saves."""
+
+    def calls():
+        step = start
+        while step < end:
+            stop = min([end, step + steps_per_call] + [(step // n + 1) * n for n in intervals])
+            yield from (step, stop - step)
+            step = stop
+
+    return np.fromiter(calls(), np.int64).reshape(-1, 2)
 
 
 class EvalWindows:

@@ -17,6 +17,7 @@ import time
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
@@ -57,6 +58,8 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "trainin
                   "(float32 weights); auto: bfloat16 on a CPU with AMX, else float32")
 flags.DEFINE_integer("eval_chars", 1_000_000, "validate on at most this many held-out characters (keeps huge corpora quick)", lower_bound=2)
 flags.DEFINE_string("cache_dir", read_utils.default_cache_dir(), "where encoded corpora are kept (safe to delete)")
+flags.DEFINE_integer("steps_per_execution", model_lib.STEPS_PER_CALL, "training steps per compiled call, as in Keras' compile(); logging, "
+                     "validation, checkpoints and Ctrl-C act between calls, which end at their steps", lower_bound=1)
 # Scaling out (README: "Training on several GPUs or machines").
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy: one device, all local GPUs, "
                   "workers from TF_CONFIG, or a TPU; --batch_size is the global batch, split over the replicas")
@@ -222,7 +225,7 @@ class Run(typing.NamedTuple):
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to finish its step, save and stop; a second one stops at once."""
+    """Ctrl-C or SIGTERM asks the loop to finish its call (--steps_per_execution), save and stop; a second one stops at once."""
 
     def __init__(self):
         self.requested = False
@@ -238,7 +241,7 @@ class StopRequest:
 def run_training(run, reader, evaluator, logdir, sampler):
     """The loop: train, log, validate, checkpoint. logdir None writes no logs (a non-chief worker)."""
     strategy, optimizer = run.strategy, run.optimizer
-    train_step = model_lib.make_train_step(run.net, optimizer, FLAGS.grad_clip, strategy)
+    train_steps = model_lib.make_train_steps(run.net, optimizer, FLAGS.grad_clip, strategy)
     writers = {
         name: tf.summary.create_file_writer(os.path.join(logdir, name)) if logdir else tf.summary.create_noop_writer()
         for name in ("train", "validation")
@@ -251,16 +254,19 @@ def run_training(run, reader, evaluator, logdir, sampler):
     chars_per_step = reader.batch_size * reader.seq_length
     tick, tick_step = time.perf_counter(), start
     states = distribute.split_batch(strategy, [tf.convert_to_tensor(state) for state in run.states])
+    calls = read_utils.call_plan(start, FLAGS.max_steps, FLAGS.steps_per_execution, (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n))
     stop = StopRequest()
     try:
-        for x, y, starts_epoch in reader.dataset(start, FLAGS.max_steps):
-            loss, grad_norm, states = train_step(*distribute.split_batch(strategy, [x, y]), states, starts_epoch)
-            step, loss = int(optimizer.iterations.numpy()), float(loss)
-            if not math.isfinite(loss):
+        for x, y, starts_epoch in reader.dataset(calls):
+            losses, grad_norms, states = train_steps(*distribute.split_batch(strategy, [x, y]), states, starts_epoch)
+            step, losses = int(optimizer.iterations.numpy()), losses.numpy()
+            if not np.isfinite(losses).all():
+                bad = int(np.argmin(np.isfinite(losses)))  # the call's first step with a non-finite loss
                 cli.fail(
-                    f"the training loss became {loss} at step {step}; stopped without saving, so the last "
-                    f"good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
+                    f"the training loss became {losses[bad]} at step {step - len(losses) + 1 + bad}; stopped without "
+                    f"saving, so the last good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
                 )
+            loss, grad_norm = float(losses[-1]), float(grad_norms[-1])
             values = [("loss", loss)]
             if step % FLAGS.log_every_n == 0 or step == FLAGS.max_steps:
                 now = time.perf_counter()
@@ -270,7 +276,7 @@ def run_training(run, reader, evaluator, logdir, sampler):
                 with writers["train"].as_default(step=step):
                     tf.summary.scalar("loss", loss)
                     tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
-                    tf.summary.scalar("grad_norm", float(grad_norm))
+                    tf.summary.scalar("grad_norm", grad_norm)
                     tf.summary.scalar("chars_per_second", speed)
             if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
                 paused = time.perf_counter()

@@ -87,19 +87,53 @@ def test_output_bias_starts_at_log_frequencies():
     assert probs[1] > probs[2] > probs[3]
 
 
-def test_train_step_lowers_the_loss_and_resets_states_when_the_epoch_starts():
+def one_call(x, y):
+    """Windows [B, T] as the windows of a one-step training call, [B, 1, T]."""
+    return x[:, None], y[:, None]
+
+
+def test_train_steps_lower_the_loss_and_reset_states_when_the_epoch_starts():
     config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=1, dropout=0.0)
     net = build_model(config)
     optimizer = keras.optimizers.Adam(0.05)
-    step = model_lib.make_train_step(net, optimizer, 1.0, tf.distribute.get_strategy())
+    train_steps = model_lib.make_train_steps(net, optimizer, 1.0, tf.distribute.get_strategy())
     ids = tf.constant(np.tile(np.arange(20, dtype=np.int32), (4, 2)))  # an easy rule: next id is +1
+    x, y = one_call(ids[:, :-1], ids[:, 1:])
     states = zero_states(config, 4)
-    first, norm, states = step(ids[:, :-1], ids[:, 1:], states, tf.constant(True))
-    assert all(np.abs(s.numpy()).max() > 0 for s in states) and float(norm) > 0
+    first, norm, states = train_steps(x, y, states, tf.constant([True]))
+    assert all(np.abs(s.numpy()).max() > 0 for s in states) and float(norm[0]) > 0
     for _ in range(30):
-        loss, _, states = step(ids[:, :-1], ids[:, 1:], states, tf.constant(True))
-    assert float(loss) < 0.5 * float(first)
+        losses, _, states = train_steps(x, y, states, tf.constant([True]))
+    assert float(losses[0]) < 0.5 * float(first[0])
     assert int(optimizer.iterations.numpy()) == 31
+
+
+def test_one_call_of_several_steps_trains_like_one_call_a_step():
+    """The loop inside a call gives every step's loss, gradient norm, weights, optimizer slots,
+    dropout masks and carried states exactly as separate calls do, an epoch start mid-call included."""
+    steps = 4
+    starts_epoch = tf.constant([False, False, True, False])
+    window = tf.constant(np.random.default_rng(3).integers(0, 20, (3, steps, 8)).astype(np.int32))
+    x, y = window[..., :-1], window[..., 1:]
+    results = {}
+    for calls in ("one", "each"):
+        keras.utils.set_random_seed(5)
+        net = build_model(CONFIG)
+        optimizer = model_lib.Adam(0.01)
+        train_steps = model_lib.make_train_steps(net, optimizer, 1.0, tf.distribute.get_strategy())
+        states = [s + 0.5 for s in zero_states(CONFIG, 3)]  # carried states, to be dropped at the epoch start
+        if calls == "one":
+            losses, norms, states = train_steps(x, y, states, starts_epoch)
+        else:
+            outputs = []
+            for i in range(steps):
+                loss, norm, states = train_steps(x[:, i : i + 1], y[:, i : i + 1], states, starts_epoch[i : i + 1])
+                outputs.append((loss, norm))
+            losses, norms = (tf.concat(parts, 0) for parts in zip(*outputs))
+        results[calls] = [losses, norms, *states, *net.weights, *optimizer.variables]
+    assert results["one"][0].shape == [steps]
+    for one, each in zip(results["one"], results["each"]):
+        np.testing.assert_allclose(one, each, rtol=1e-6, atol=1e-7)
 
 
 def test_grad_clip_zero_means_no_clipping():
@@ -108,8 +142,8 @@ def test_grad_clip_zero_means_no_clipping():
         net = build_model(dataclasses.replace(CONFIG, dropout=0.0))
         for i, v in enumerate(net.trainable_variables):
             v.assign(tf.random.stateless_normal(v.shape, seed=[i, 0], stddev=0.5))
-        step = model_lib.make_train_step(net, keras.optimizers.SGD(0.1), grad_clip, tf.distribute.get_strategy())
-        step(random_ids(3, 7, seed=1), random_ids(3, 7, seed=2), zero_states(CONFIG, 3), tf.constant(True))
+        train_steps = model_lib.make_train_steps(net, keras.optimizers.SGD(0.1), grad_clip, tf.distribute.get_strategy())
+        train_steps(*one_call(random_ids(3, 7, seed=1), random_ids(3, 7, seed=2)), zero_states(CONFIG, 3), tf.constant([True]))
         weights[grad_clip] = [v.numpy() for v in net.trainable_variables]
     for unclipped, far_limit in zip(weights[0.0], weights[1e9]):
         assert np.isfinite(unclipped).all()
@@ -258,14 +292,15 @@ def test_output_losses_match_the_dense_layer_and_tensorflows_loss():
         np.testing.assert_allclose(ours, theirs, rtol=0.05, atol=0.02)  # bfloat16 rounding, and no more
 
 
-def test_train_step_gives_the_same_losses_fused_or_keras():
+def test_train_steps_give_the_same_losses_fused_or_keras():
     config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.0)
     losses = {}
     for path in (True, False):
         keras.utils.set_random_seed(7)
         net = build_model(config)
-        step = model_lib.make_train_step(net, keras.optimizers.Adam(0.01), 1.0, tf.distribute.get_strategy(), fused=path)
+        train_steps = model_lib.make_train_steps(net, keras.optimizers.Adam(0.01), 1.0, tf.distribute.get_strategy(), fused=path)
         ids, states = random_ids(4, 13), zero_states(config, 4)
-        losses[path] = [float(step(ids[:, :-1], ids[:, 1:], states, tf.constant(False))[0]) for _ in range(5)]
+        x, y = (tf.tile(part[:, None], [1, 5, 1]) for part in (ids[:, :-1], ids[:, 1:]))  # five steps on one window
+        losses[path] = train_steps(x, y, states, tf.zeros([5], tf.bool))[0].numpy()
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
     assert losses[True][-1] < losses[True][0]

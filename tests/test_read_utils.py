@@ -82,12 +82,29 @@ def test_reader_wraps_to_a_new_epoch_and_flags_it():
     assert not reader.window(w + 1)[2]
 
 
-def test_dataset_serves_the_same_windows_from_any_start():
+def test_dataset_serves_each_calls_windows_from_any_start():
     reader = StreamReader(np.arange(2000, dtype=np.uint16), batch_size=4, seq_length=7)
-    served = list(reader.dataset(5, 5 + reader.windows_per_epoch + 2))
-    for offset, (x, y, starts) in enumerate(served):
-        ex, ey, es = reader.window(5 + offset)
-        assert (x.numpy() == ex).all() and (y.numpy() == ey).all() and bool(starts) == es
+    start, end = 5, 5 + reader.windows_per_epoch + 2  # across an epoch's end
+    calls = read_utils.call_plan(start, end, 3, [reader.windows_per_epoch])
+    step = start
+    for x, y, starts in reader.dataset(calls):
+        assert x.shape[1] == y.shape[1] == starts.shape[0] <= 3
+        for i in range(x.shape[1]):
+            ex, ey, es = reader.window(step)
+            assert (x[:, i].numpy() == ex).all() and (y[:, i].numpy() == ey).all() and bool(starts[i]) == es
+            step += 1
+    assert step == end
+
+
+def test_call_plan_covers_the_steps_once_and_ends_calls_at_every_interval():
+    calls = read_utils.call_plan(7, 61, 8, [10, 25])
+    firsts, counts = calls[:, 0], calls[:, 1]
+    assert firsts[0] == 7 and (firsts[1:] == firsts[:-1] + counts[:-1]).all() and firsts[-1] + counts[-1] == 61
+    assert counts.max() == 8 and counts.min() >= 1
+    ends = set(firsts + counts)
+    assert {10, 20, 25, 30, 40, 50, 60, 61} <= ends
+    assert len(calls) == 12  # no call is cut where nothing happens
+    assert read_utils.call_plan(30, 30, 8, [10]).shape == (0, 2)
 
 
 def test_corpus_shorter_than_one_batch_is_an_input_error():

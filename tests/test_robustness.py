@@ -110,6 +110,7 @@ def test_windows_line_ends_and_bom_train_like_the_plain_text(tmp_path):
 @pytest.mark.parametrize("flag, value", [
     ("--batch_size", 0), ("--seq_length", -1), ("--lstm_size", 0), ("--num_layers", 0),
     ("--embedding_size", 0), ("--max_steps", 0), ("--dropout", 1.0), ("--dropout", -0.1),
+    ("--steps_per_execution", 0),
 ])
 def test_train_flag_out_of_range(tmp_path, flag, value):
     result = run_script("train.py", "--checkpoint_dir", tmp_path / "run", flag, value, check=False)
@@ -263,14 +264,21 @@ def test_hard_kills_at_random_moments_never_break_resume(toy_corpus, tmp_path):
     assert sample.stdout.strip()
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(run_copy):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(run_copy, tmp_path):
     run_dir, corpus = run_copy
     checkpoints_before = {k: v for k, v in snapshot(run_dir).items() if k.startswith("ckpt-") or k == "checkpoint"}
+    one_step_calls = tmp_path / "one_step_calls"
+    shutil.copytree(run_dir, one_step_calls)
     # Adam moves every weight by about the learning rate: 1e37 overflows float32 within a step or two.
-    result = train_into(run_dir, "--input", corpus, "--learning_rate", 1e37, "--max_steps", 40, "--save_every_n", 1000)
+    diverging = ["--input", corpus, "--learning_rate", 1e37, "--max_steps", 40, "--save_every_n", 1000]
+    result = train_into(run_dir, *diverging)
     assert_clean_failure(result, "at step", "lower --learning_rate")
     after = {k: v for k, v in snapshot(run_dir).items() if k.startswith("ckpt-") or k == "checkpoint"}
     assert after == checkpoints_before
+    # The step named is the first bad one, not the end of its call of --steps_per_execution steps.
+    stepwise = train_into(one_step_calls, *diverging, "--steps_per_execution", 1)
+    step_of = lambda result: result.stderr.split(" at step ")[-1].split(";")[0]  # noqa: E731
+    assert step_of(result) == step_of(stepwise)
 
 
 def test_unwritable_checkpoint_directory_is_reported(toy_corpus, tmp_path):
