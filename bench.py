@@ -21,8 +21,8 @@ For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
   chars_per_s   characters trained per second through train.py's own compiled training call
                 (model.STEPS_PER_CALL steps a call, its --steps_per_execution default);
   baseline_chars_per_s, ratio   the same model as a plain Keras Sequential trained by model.fit
-                with default settings, measured in the same run in alternating turns (4 of
-                --seconds / 4 each side), and our speed over it: the median of the turns' ratios,
+                with default settings, measured in the same run in alternating turns (8 of
+                --seconds / 8 each side), and our speed over it: the median of the turns' ratios,
                 listed in round_ratios;
   peak_rss_mb   (memory lines) peak resident memory of a fresh process doing only that work.
 A measurement is a function returning a dict; add new ones to MEASUREMENTS.
@@ -47,7 +47,7 @@ flags.DEFINE_boolean("report_rss", False, "add the process's peak resident memor
 FLAGS = flags.FLAGS
 
 VOCAB_SIZE = 3501
-ROUNDS = 4  # alternating turns of our step and model.fit in train_vs_baseline
+ROUNDS = 8  # alternating turns of our steps and model.fit in train_vs_baseline
 
 
 @dataclasses.dataclass(frozen=True)

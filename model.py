@@ -389,9 +389,27 @@ def matmul(a, b, bfloat16, transpose_a=False, transpose_b=False):
 
 
 def dense(x, kernel, bias, bfloat16):
-    """x [..., n] times kernel [n, m] plus bias, as one matmul over all leading positions."""
+    """x [..., n] times kernel [n, m] plus bias, as one matmul over all leading positions.
+
+    The bias rides in the matmul as a row under the kernel (as in output_losses), so its gradient
+    is the last row of the kernel's: summing the gradient over the positions instead took 30 times
+    as long (Eigen's column sums, which this build compiles without AVX2: 250 against 8 us for
+    [416, 512]), at the end of the backward pass where the update waits for it.
+    """
     flat = tf.reshape(x, [-1, x.shape[-1]])
-    return tf.reshape(matmul(flat, kernel, bfloat16), tf.concat([tf.shape(x)[:-1], [-1]], 0)) + bias
+
+    @tf.custom_gradient
+    def product(flat, kernel, bias):
+        inputs = with_one(flat)
+
+        def grad(d_product):
+            d_flat = matmul(d_product, kernel, bfloat16, transpose_b=True)  # the bias row has no input to reach
+            d_weights = matmul(inputs, d_product, bfloat16, transpose_a=True)
+            return d_flat, d_weights[:-1], d_weights[-1]
+
+        return matmul(inputs, tf.concat([kernel, bias[None]], 0), bfloat16), grad
+
+    return tf.reshape(product(flat, kernel, bias), tf.concat([tf.shape(x)[:-1], [-1]], 0))
 
 
 def lstm_sequence(projected, h, c, recurrent_kernel, bfloat16=False):
