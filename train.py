@@ -1,6 +1,6 @@
 """Trains a character-level LSTM on a UTF-8 text file.
 
-    python train.py                          # the Tang poetry corpus, default recipe (~10 min on 2 cores)
+    python train.py                          # the Tang poetry corpus, default recipe (~3 min on 2 cores with AMX)
     python train.py --input my.txt --name my # any UTF-8 text
     tensorboard --logdir checkpoints         # watch it learn
 
@@ -58,8 +58,8 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "trainin
                   "(float32 weights); auto: bfloat16 on a CPU with AMX, else float32")
 flags.DEFINE_integer("eval_chars", 1_000_000, "validate on at most this many held-out characters (keeps huge corpora quick)", lower_bound=2)
 flags.DEFINE_string("cache_dir", read_utils.default_cache_dir(), "where encoded corpora are kept (safe to delete)")
-flags.DEFINE_integer("steps_per_execution", model_lib.STEPS_PER_CALL, "training steps per compiled call, as in Keras' compile(); logging, "
-                     "validation, checkpoints and Ctrl-C act between calls, which end at their steps", lower_bound=1)
+flags.DEFINE_integer("steps_per_execution", model_lib.STEPS_PER_CALL, "training steps per compiled call, as in Keras' compile(); "
+                     "a call ends early at a step that logs, validates or saves, and Ctrl-C waits for it", lower_bound=1)
 # Scaling out (README: "Training on several GPUs or machines").
 flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy: one device, all local GPUs, "
                   "workers from TF_CONFIG, or a TPU; --batch_size is the global batch, split over the replicas")
