@@ -393,8 +393,8 @@ def dense(x, kernel, bias, bfloat16):
 
     The bias rides in the matmul as a row under the kernel (as in output_losses), so its gradient
     is the last row of the kernel's: summing the gradient over the positions instead took 30 times
-    as long (Eigen's column sums, which this build compiles without AVX2: 250 against 8 us for
-    [416, 512]), at the end of the backward pass where the update waits for it.
+    as long (Eigen's column sum: 250 against 8 us for [416, 512]), at the end of the backward
+    pass, where the update waits for it.
     """
     flat = tf.reshape(x, [-1, x.shape[-1]])
 
