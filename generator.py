@@ -151,8 +151,9 @@ class CharStep(typing.NamedTuple):
 
         Those products then wait for nothing in the step that makes them, and XLA runs them on
         the other core while the output layer and the draw run (64 streams: 1.08 times as fast
-        sampled, 1.27 times greedy). For one stream they cost more than they gain: a matrix-vector product plus an add
-        becomes one single-threaded loop (see CharStep), so __call__ keeps one matmul a layer.
+        sampled, 1.27 times greedy). For one stream they cost more than they gain: a
+        matrix-vector product plus an add becomes one single-threaded loop (see CharStep), so
+        __call__ keeps one matmul a layer.
         """
         (h, c, share), *upper = state
         units = self.recurrent.shape[0]

@@ -254,7 +254,8 @@ def run_training(run, reader, evaluator, logdir, sampler):
     chars_per_step = reader.batch_size * reader.seq_length
     tick, tick_step = time.perf_counter(), start
     states = distribute.split_batch(strategy, [tf.convert_to_tensor(state) for state in run.states])
-    calls = read_utils.call_plan(start, FLAGS.max_steps, FLAGS.steps_per_execution, (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n))
+    event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
+    calls = read_utils.call_plan(start, FLAGS.max_steps, FLAGS.steps_per_execution, event_intervals)
     stop = StopRequest()
     try:
         for x, y, starts_epoch in reader.dataset(calls):
