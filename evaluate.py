@@ -3,20 +3,19 @@ metrics of poems sampled from it.
 
     python evaluate.py --name default --input data/poetry_val.txt
     python evaluate.py --name default --num_samples 64
+
+The run and the file are checked before TensorFlow starts; its modules are imported where used.
 """
 
-import json
 import math
 import os
 
 from absl import app, flags
 
 import cli
-import generator
-import model as model_lib
-import monitor
 import poem_metrics
 import read_utils
+import run_dir
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (default: checkpoints/<name>)")
@@ -36,24 +35,28 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    cli.quiet_library_info()
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
+    checkpoint_dir = run_dir.path_of(FLAGS.name, FLAGS.checkpoint_dir)
     try:
-        config, vocab, path = generator.load_run(checkpoint_dir)
+        run = run_dir.read_run(checkpoint_dir)
+        text = read_utils.read_text(FLAGS.input) if FLAGS.input else None
+        cli.import_tensorflow()
+        path = run_dir.latest_checkpoint(checkpoint_dir)
         print(f"checkpoint: {path}")
-        if FLAGS.input:
-            report_loss(config, vocab, path)
+        if text is not None:
+            report_loss(run.config, run.vocab, path, text)
         if FLAGS.num_samples:
-            report_poems(checkpoint_dir, config, vocab, path)
+            report_poems(run, path)
     except read_utils.InputError as e:
         cli.fail(e)
 
 
-def report_loss(config, vocab, path):
-    text = read_utils.read_text(FLAGS.input)
+def report_loss(config, vocab, path, text):
+    import generator
+    import monitor
+
     ids = vocab.encode(text)
     windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
-    evaluator = model_lib.Evaluator(config, windows)
+    evaluator = monitor.Evaluator(config, windows)
     generator.restore_weights(evaluator.model, path)
     unknown = int((ids == 0).sum())
     loss = evaluator.loss()
@@ -63,11 +66,13 @@ def report_loss(config, vocab, path):
     print(f"perplexity: {math.exp(loss):.2f}")
 
 
-def report_poems(checkpoint_dir, config, vocab, path):
+def report_poems(run, path):
     """The poem metrics of --num_samples poems, sampled as training samples them for TensorBoard."""
-    sampler = monitor.PoemSampler(config, vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed)
+    import monitor
+
+    sampler = monitor.PoemSampler(run.config, run.vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed)
     poems = sampler.sample(path)
-    train_text, missing = training_text(checkpoint_dir)
+    train_text, missing = training_text(run.record)
     if train_text is None:
         print(f"copy rate skipped: {missing}; well-formed is judged in the form most samples take")
         form = poem_metrics.dominant_clause_length(poem_metrics.lines_of(poems), min_share=0)
@@ -84,10 +89,9 @@ def report_poems(checkpoint_dir, config, vocab, path):
         print(f"{labels[name]}: {value:.1%}")
 
 
-def training_text(checkpoint_dir):
-    """(the training part of the run's corpus, None), or (None, why it is unavailable)."""
-    with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as f:
-        record = json.load(f)
+def training_text(record):
+    """(the training part of the run's corpus, None), or (None, why it is unavailable); record is
+    the run's config.json."""
     path, sha256 = record["corpus"]["path"], record["corpus"]["sha256"]
     if not os.path.isfile(path):
         return None, f"the training corpus {path} is missing"
@@ -98,4 +102,4 @@ def training_text(checkpoint_dir):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -2,79 +2,45 @@
 
 The trained Keras model is read into plain weight tensors and its one-character step written out
 by hand (CharStep), so the whole generation loop - LSTM steps, masks, sampling, stopping - compiles
-with XLA into one program. A loop of stock Keras cells pays TensorFlow's per-op dispatch at every
-character and tops out at a few thousand characters per second (DESIGN.md).
+with XLA into one program: a loop of stock Keras cells pays TensorFlow's per-op dispatch at every
+character (docs/DESIGN.md).
 
 Each stream first writes a throwaway burn-in line, then follows a plan of slots: fixed characters
 (the start string; a form's punctuation and line breaks; an acrostic's heads) and sampled ones,
 masked to what their slot allows.
 """
 
-import json
 import math
-import os
 import typing
 
 import numpy as np
 import tensorflow as tf
 
+import cpu_training
 import model as model_lib
 import poem_forms
 import read_utils
+import run_dir
+import tuning
 
 NEWLINE = "\n"
 FREE, CLAUSE = 0, 1  # rows of the slot masks: any character but the banned ones; CJK ideographs only
 BLOCK = 64  # ids per block of the two-level sampler: one pass over blocks, one inside one block
-MANY_STREAMS = 16  # from this many streams on, CharStep.ahead: bfloat16 matmul inputs, recurrent shares a step ahead
-ONE_CORE_PRODUCT = 600_000  # measured: Eigen ran a 1x129 by 129x3520 product on one core, 1x193 by 193x3520 on two
-
-
-class CheckpointError(read_utils.InputError):
-    """A checkpoint directory that cannot be loaded; the message says why and what to do."""
 
 
 def load_run(checkpoint_dir):
-    """(ModelConfig, Vocab, checkpoint path) of a training run directory."""
-    if not os.path.isdir(checkpoint_dir):
-        raise CheckpointError(
-            f"checkpoint directory {checkpoint_dir} does not exist; train first "
-            f"(python train.py --name NAME) or pass --checkpoint_dir of a trained run"
-        )
-    try:
-        with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as f:
-            config = model_lib.ModelConfig.from_json(json.load(f)["model"])
-        vocab = read_utils.Vocab.load(os.path.join(checkpoint_dir, "vocab.json"))
-    except FileNotFoundError as e:
-        raise CheckpointError(
-            f"{checkpoint_dir} has no {os.path.basename(e.filename)}; it is not a finished CharRNN "
-            "run: train into it with train.py, or pass another --checkpoint_dir"
-        ) from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"config.json or vocab.json in {checkpoint_dir} is corrupt ({type(e).__name__}: {e}); "
-            "restore them from the run, or retrain under a new --name"
-        ) from None
-    if config.vocab_size != len(vocab):
-        raise CheckpointError(
-            f"config.json in {checkpoint_dir} says {config.vocab_size} characters but vocab.json has "
-            f"{len(vocab)}; the two files come from different runs"
-        )
-    path = tf.train.latest_checkpoint(checkpoint_dir)
-    if path is None:
-        raise CheckpointError(
-            f"{checkpoint_dir} holds no checkpoint yet; let train.py run until it saves one "
-            "(--save_every_n, the end of training, or Ctrl-C)"
-        )
-    return config, vocab, path
+    """(ModelConfig, Vocab, checkpoint path) of a training run directory (run_dir.read_run)."""
+    run = run_dir.read_run(checkpoint_dir)
+    return run.config, run.vocab, run_dir.latest_checkpoint(checkpoint_dir)
 
 
 def restore_weights(net, path):
-    """Loads trained weights into a model of any batch size; a damaged file is a CheckpointError."""
+    """Loads trained weights into a model of any batch size; a damaged file is a run_dir.RunError."""
     try:
         model_lib.weights_checkpoint(net).read(path).expect_partial().assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:  # IndexError: a truncated data file
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
+        raise run_dir.RunError(
             f"cannot load checkpoint {path} ({first_line[:200]}); the files are truncated or from "
             "another model: retrain, or point --checkpoint_dir at an intact run"
         ) from None
@@ -89,8 +55,8 @@ class CharStep(typing.NamedTuple):
     precomputed as a [vocab, 4*units] table, so the first layer's input is a row lookup; each
     later layer multiplies [input, state, 1] by its stacked [kernel; recurrent kernel; bias] in one
     matmul, and the output layer [h, 1] by [kernel; bias]. With the bias inside the matmul, XLA
-    keeps each matmul a plain dot, which runs on both cores for the larger models, where a dot
-    followed by a bias add is fused into one single-threaded loop. Dropout is off, as in Keras
+    keeps each matmul a plain dot, which runs on both cores for the larger models, where it fuses
+    a dot followed by a bias add into one single-threaded loop. Dropout is off, as in Keras
     inference. The output layer gets extra columns up to a multiple of BLOCK, with bias -inf: ids
     that are never drawn, so the sampler views a row as blocks without copying it.
     """
@@ -102,11 +68,12 @@ class CharStep(typing.NamedTuple):
 
     @classmethod
     def from_model(cls, net):
-        first, *rest = model_lib.lstm_layers(net)
+        found = model_lib.layers_of(net)
+        first, *rest = found.lstms
         kernel = first.cell.kernel.value
-        if any(layer.name == "embedding" for layer in net.layers):
-            kernel = tf.matmul(net.get_layer("embedding").embeddings.value, kernel)
-        dense = net.get_layer("logits")
+        if found.embedding is not None:
+            kernel = tf.matmul(found.embedding.embeddings.value, kernel)
+        dense = found.logits
         padding = -dense.kernel.shape[1] % BLOCK
         output_bias = tf.concat([dense.bias.value, tf.fill([padding], float("-inf"))], 0)
         return cls(
@@ -132,13 +99,11 @@ class CharStep(typing.NamedTuple):
         """(logits [n, padded vocab] for the next character, new state) after feeding ids [n].
 
         bfloat16: every matmul takes bfloat16 inputs (weights and activations rounded), sums and
-        biases staying float32. For a batch of many streams XLA then runs them on AMX, 2-3 times
-        faster; logits differ from float32's by bfloat16 rounding (on the trained default run,
-        0.1% total variation between the sampling distributions on average). Only inside XLA:
-        TensorFlow's own kernels have no bfloat16 x bfloat16 -> float32 matmul.
+        biases staying float32 (matmul_float32_sums); on a CPU with AMX, XLA runs them there
+        (tuning.sampling_bfloat16). Logits differ from float32's by bfloat16 rounding.
         """
         (h, c), *upper = state
-        h, c = lstm_cell(tf.gather(self.table, ids) + matmul(h, self.recurrent, bfloat16), c)
+        h, c = lstm_cell(tf.gather(self.table, ids) + matmul_float32_sums(h, self.recurrent, bfloat16), c)
         new_state = [(h, c)]
         for kernel, (h_own, c_own) in zip(self.stacked, upper):
             h, c = lstm_cell(affine(tf.concat([h, h_own], 1), kernel, bfloat16), c_own)
@@ -150,22 +115,23 @@ class CharStep(typing.NamedTuple):
         with its recurrent kernel is made a step ahead, for the next character.
 
         Those products then wait for nothing in the step that makes them, and XLA runs them on
-        the other core while the output layer and the draw run (64 streams: 1.08 times as fast
-        sampled, 1.27 times greedy). For one stream they cost more than they gain: a
-        matrix-vector product plus an add becomes one single-threaded loop (see CharStep), so
-        __call__ keeps one matmul a layer.
+        the other core while the output layer and the draw run. For one stream they cost more
+        than they gain: a matrix-vector product plus an add becomes one single-threaded loop (see
+        CharStep), so __call__ keeps one matmul a layer (tuning.MANY_STREAMS).
         """
         (h, c, share), *upper = state
         units = self.recurrent.shape[0]
         h, c = lstm_cell(tf.gather(self.table, ids) + share, c)
-        new_state = [(h, c, matmul(h, self.recurrent, bfloat16))]
+        new_state = [(h, c, matmul_float32_sums(h, self.recurrent, bfloat16))]
         for kernel, (h_own, c_own, share_own) in zip(self.stacked, upper):
-            h, c = lstm_cell(matmul(h, kernel[:units], bfloat16) + share_own, c_own)
+            h, c = lstm_cell(matmul_float32_sums(h, kernel[:units], bfloat16) + share_own, c_own)
             new_state.append((h, c, affine(h, kernel[units:], bfloat16)))
         return affine(h, self.output_kernel, bfloat16), tuple(new_state)
 
 
-def matmul(x, kernel, bfloat16):
+def matmul_float32_sums(x, kernel, bfloat16):
+    """x times kernel; bfloat16 rounds both inputs to bfloat16 and keeps the sums float32 (inside
+    XLA only: TensorFlow's own kernels have no such matmul, see cpu_training.rounded_matmul)."""
     if bfloat16:
         return tf.linalg.matmul(tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16), output_type=tf.float32)
     return tf.matmul(x, kernel)
@@ -174,21 +140,20 @@ def matmul(x, kernel, bfloat16):
 def affine(x, kernel_and_bias, bfloat16):
     """x times a [kernel; bias] matrix, plus the bias."""
     if bfloat16:  # a separate float32 add: many streams make no matrix-vector dot for XLA to fuse
-        return matmul(x, kernel_and_bias[:-1], True) + kernel_and_bias[-1]
-    return tf.matmul(model_lib.with_one(x), kernel_and_bias)
+        return matmul_float32_sums(x, kernel_and_bias[:-1], True) + kernel_and_bias[-1]
+    return tf.matmul(cpu_training.with_one(x), kernel_and_bias)
 
 
 def output_logits(h, kernel_and_bias, bfloat16):
     """The output layer's affine(h, ...), with one stream's row put in twice when that is faster.
 
-    XLA has Eigen compute a one-row product of fewer than about ONE_CORE_PRODUCT multiply-adds
-    on one core. For the small model there the 1.8 MB output matrix does not stay in the 2 MB L2
-    cache beside the LSTM weights, and streams from L3 at every character; with two rows Eigen
-    splits the columns between both cores, each of which keeps its half cached: 1.8 times the
-    small model's one-stream speed (bench.py). Larger products are split already, and the
-    second row would only add work.
+    XLA has Eigen compute a one-row product of fewer than about tuning.ONE_CORE_PRODUCT
+    multiply-adds on one core. For the small model the output matrix then does not stay in one
+    core's L2 cache beside the LSTM weights, and streams from L3 at every character; with two rows
+    Eigen splits the columns between both cores, each of which keeps its half cached. Larger
+    products are split already, and the second row would only add work.
     """
-    if h.shape[0] == 1 and kernel_and_bias.shape.num_elements() < ONE_CORE_PRODUCT:
+    if h.shape[0] == 1 and kernel_and_bias.shape.num_elements() < tuning.ONE_CORE_PRODUCT:
         return affine(tf.tile(h, [2, 1]), kernel_and_bias, bfloat16)[:1]
     return affine(h, kernel_and_bias, bfloat16)
 
@@ -201,9 +166,9 @@ def lstm_cell(z, c):
 
 
 # --- decoding --------------------------------------------------------------------------------------
-# Measured under XLA on this CPU: sorting one 3,500-entry row takes ~0.8 ms, more than a whole
-# step of the small model, and argmax and per-entry random numbers (Gumbel-max) cost several
-# times a pass of exp. So nothing here sorts, and a sampled character costs one exp per id.
+# Under XLA on a CPU, sorting one vocabulary-wide row costs more than a whole step of the small
+# model, and argmax and per-entry random numbers (Gumbel-max) cost several times a pass of exp
+# (docs/PERFORMANCE.md). So nothing here sorts, and a sampled character costs one exp per id.
 
 def order_keys(x):
     """int32 keys that order like the floats x (-inf lowest), for exact bisection on values."""
@@ -251,10 +216,9 @@ def filter_logits(logits, temperature, top_k=None, top_p=None):
 def row_reduce(x, op, reduce):
     """reduce(x, -1), its halvings done first as elementwise ops (op on the two halves).
 
-    XLA vectorizes elementwise operations: a max over [64, 3,520] took 90 us as one reduction in
-    a microbenchmark, 22 us halved six times first. In the generation loop, 64 streams, greedy
-    decoding ran 1.15 times as fast, top-p sampling 1.8 times (its bisection sums rows 32 times
-    a character). sample() keeps XLA's own reductions, which XLA hands to YNNPACK there:
+    XLA vectorizes elementwise operations but not its own row reductions, so halving first makes
+    greedy decoding and top-p's bisection (which sums rows 32 times a character) faster
+    (docs/PERFORMANCE.md). sample() keeps XLA's own reductions, which XLA hands to YNNPACK there:
     halvings of its exp made that step slower. The last axis must be known when traced.
     """
     while x.shape[-1] % 2 == 0:
@@ -341,7 +305,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     """
     steps, n = uniforms.shape
     last_slot = forced.shape[0] - 1  # the plan's padding entry: free, nothing forced
-    many = n >= MANY_STREAMS
+    many = n >= tuning.MANY_STREAMS
+    bfloat16 = tuning.sampling_bfloat16(n)
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
     out = tf.TensorArray(tf.int32, size=steps, element_shape=[n])
@@ -354,7 +319,7 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     while t < steps and not tf.reduce_all(done):
         # The step and the draw from its logits in one iteration: the logits are not carried over
         # to the next one, so XLA fuses the mask and the temperature into the passes that read them.
-        logits, state = advance(ids, state, many)
+        logits, state = advance(ids, state, bfloat16)
         slot = tf.minimum(kept, last_slot)
         fixed = tf.where(started, tf.gather(forced, slot), -1)
         clause = started & tf.equal(tf.gather(classes, slot), CLAUSE)

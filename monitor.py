@@ -1,5 +1,6 @@
-"""What train.py shows in TensorBoard besides its loss curves.
+"""What train.py measures and shows in TensorBoard besides its training loss.
 
+- the validation loss (Evaluator), which evaluate.py also reports;
 - poems sampled from each checkpoint (text) and their poem metrics (scalars);
 - the run's settings, once, for the HParams dashboard;
 - the character embedding with the characters it embeds, for the projector.
@@ -11,9 +12,42 @@ import tensorflow as tf
 from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hparams_api
 
+import cpu_training
 import generator
+import model as model_lib
 
 METADATA_FILE = "metadata.tsv"
+
+
+class Evaluator:
+    """Mean next-character loss (nats) of a model's weights on held-out ids.
+
+    It keeps its own model, outside any distribution strategy; `loss(source)` first copies the
+    weights of `source` (the training model) into it.
+    """
+
+    def __init__(self, config, windows):
+        self.config = config
+        self.windows = windows
+        self.model = model_lib.build_model(config)
+
+        @tf.function(reduce_retracing=True)
+        def summed_loss(x, y, states):
+            logits, *states = self.model([x, *states], training=False)
+            return tf.reduce_sum(cpu_training.cross_entropy(logits, y)), states
+
+        self.summed_loss = summed_loss
+
+    def loss(self, source=None):
+        if source is not None:
+            for target, value in zip(self.model.weights, source.weights):
+                target.assign(value)
+        states = model_lib.zero_states(self.config, self.windows.num_streams)
+        total = 0.0
+        for x, y in self.windows:
+            summed, states = self.summed_loss(x, y, states)
+            total += float(summed)
+        return total / self.windows.num_targets
 
 
 def log_run_config(logdir, run_config):
@@ -93,7 +127,7 @@ class EmbeddingProjector:
 
     def __init__(self, logdir, net, vocab):
         os.makedirs(logdir, exist_ok=True)
-        checkpoint = tf.train.Checkpoint(embedding=net.get_layer("embedding").embeddings)
+        checkpoint = tf.train.Checkpoint(embedding=model_lib.layers_of(net).embedding.embeddings)
         self.manager = tf.train.CheckpointManager(checkpoint, logdir, max_to_keep=1, checkpoint_name="embedding")
         with open(os.path.join(logdir, METADATA_FILE), "w", encoding="utf-8") as f:
             f.writelines(character_label(char) + "\n" for char in vocab.chars)

@@ -14,7 +14,6 @@ import typing
 from fractions import Fraction
 
 import numpy as np
-import tensorflow as tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(HERE, "data")
@@ -414,23 +413,6 @@ class StreamReader:
         steps from first_step, as one training call takes them."""
         x, y, starts_epoch = zip(*(self.window(first_step + i) for i in range(count)))
         return np.stack(x, 1), np.stack(y, 1), np.array(starts_epoch)
-
-    def dataset(self, calls):
-        """tf.data pipeline of the windows of each training call, prefetched; calls is an int array
-        [number of calls, 2] of (first step, number of steps) (call_plan)."""
-        shape = [self.batch_size, None, self.seq_length]
-
-        def windows(call):
-            x, y, starts_epoch = tf.numpy_function(
-                self.windows, [call[0], call[1]], [tf.int32, tf.int32, tf.bool], stateful=False
-            )
-            return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape), tf.ensure_shape(starts_epoch, [None])
-
-        ds = tf.data.Dataset.from_tensor_slices(calls).map(windows).prefetch(2)
-        options = tf.data.Options()
-        # Autotuning stalls iterator teardown for seconds on TF 2.21 (DESIGN.md); prefetch(2) is enough.
-        options.autotune.enabled = False
-        return ds.with_options(options)
 
 
 def call_plan(start, end, steps_per_call, intervals):

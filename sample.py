@@ -8,25 +8,24 @@
 
 All samples are generated together, in one compiled loop over --num_samples streams.
 
-Every model setting comes from the run's config.json; no model flag is repeated here.
+Every model setting comes from the run's config.json; no model flag is repeated here. The run is
+checked before TensorFlow starts.
 """
-
-import os
 
 from absl import app, flags
 
 import cli
-import generator
 import poem_forms
 import read_utils
+import run_dir
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (default: checkpoints/<name>)")
 flags.DEFINE_string("start_string", "", "text that primes the model and begins every sample")
 flags.DEFINE_integer("max_length", 300, "most characters per sample, cut back to whole lines (no effect on --form)",
                      lower_bound=1)
-flags.DEFINE_integer("max_lines", 4, "stop a sample after this many lines (0: only --max_length; no effect on --form)",
-                     lower_bound=0)
+flags.DEFINE_integer("max_lines", None, "stop a sample after this many lines (0: only --max_length; no effect on "
+                     "--form); default: 4 on a poem corpus, 0 on other text", lower_bound=0)
 flags.DEFINE_enum("form", None, poem_forms.FORM_NAMES,
                   "write one poem of this fixed form per sample, always well-formed: 五言绝句 (wujue), 五言律诗 "
                   "(wulv), 七言绝句 (qijue) or 七言律诗 (qilv), one couplet XXXXX，XXXXX。 per line")
@@ -48,19 +47,28 @@ flags.DEFINE_boolean("use_embedding", None, "original flag, ignored: the run's c
 FLAGS = flags.FLAGS
 
 
+POEM_LINES = 4  # --max_lines' default on a poem corpus: a quatrain
+
+
 def main(argv):
     del argv
-    cli.quiet_library_info()
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
+    checkpoint_dir = run_dir.path_of(FLAGS.name, FLAGS.checkpoint_dir)
     try:
-        config, vocab, path = generator.load_run(checkpoint_dir)
-        if FLAGS.top_k > len(vocab):
-            cli.fail(f"--top_k={FLAGS.top_k} is larger than the vocabulary ({len(vocab)}); use at most that")
-        gen = generator.Generator(config, vocab, path, FLAGS.num_samples, banned=FLAGS.ban)
+        run = run_dir.read_run(checkpoint_dir)
+        if FLAGS.top_k > len(run.vocab):
+            cli.fail(f"--top_k={FLAGS.top_k} is larger than the vocabulary ({len(run.vocab)}); use at most that")
+        max_lines = FLAGS.max_lines
+        if max_lines is None:
+            max_lines = POEM_LINES if run_dir.is_poem_corpus(run.record) else 0
+        cli.import_tensorflow()
+        import generator  # TensorFlow's side, once the run is known to be good
+
+        gen = generator.Generator(run.config, run.vocab, run_dir.latest_checkpoint(checkpoint_dir), FLAGS.num_samples,
+                                  banned=FLAGS.ban)
         texts = gen.generate(
             FLAGS.start_string,
             max_length=FLAGS.max_length,
-            max_lines=FLAGS.max_lines,
+            max_lines=max_lines,
             temperature=FLAGS.temperature,
             top_k=FLAGS.top_k,
             top_p=FLAGS.top_p,
@@ -74,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

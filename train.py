@@ -1,46 +1,39 @@
 """Trains a character-level LSTM on a UTF-8 text file.
 
-    python train.py                          # the Tang poetry corpus, default recipe (~3 min on 2 cores with AMX)
+    python train.py                          # the original project's poetry corpus, default recipe
     python train.py --input my.txt --name my # any UTF-8 text
     tensorboard --logdir checkpoints         # watch it learn
 
-Running it again with the same --name resumes from the latest checkpoint.
+Running it again with the same --name resumes from the latest checkpoint. The flags and the inputs
+are checked before TensorFlow starts; trainer.py holds the training itself.
 """
 
-import contextlib
-import json
-import math
 import os
-import signal
-import sys
-import time
 import typing
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 
 import cli
-import distribute
-import model as model_lib
-import monitor
-import poem_metrics
 import read_utils
+import run_dir
+import tuning
 
-# Flags first, as in every absl app. Defaults are the recipe measured in the README.
-flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the Tang poetry corpus in data/)")
+# Flags first, as in every absl app. Defaults are the recipe in docs/PERFORMANCE.md; the model's
+# come from run_dir.ModelConfig, so the two cannot disagree.
+default = run_dir.model_default
+flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the original project's poetry.txt in data/)")
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
 flags.DEFINE_integer("max_steps", 6000, "total training steps (one window of every stream each)", lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "parallel streams per batch", lower_bound=1)
 flags.DEFINE_integer("seq_length", 26, "characters per window (truncated backprop length)", lower_bound=1)
-flags.DEFINE_integer("lstm_size", 192, "units in each LSTM layer", lower_bound=1)
-flags.DEFINE_integer("num_layers", 1, "stacked LSTM layers", lower_bound=1)
-flags.DEFINE_integer("embedding_size", 128, "character embedding width", lower_bound=1)
-flags.DEFINE_boolean("use_embedding", True, "learn an embedding; false feeds one-hot vectors (small alphabets)")
-flags.DEFINE_float("dropout", 0.1, "dropout after each LSTM layer, in [0, 1)")
+flags.DEFINE_integer("lstm_size", default("lstm_size"), "units in each LSTM layer", lower_bound=1)
+flags.DEFINE_integer("num_layers", default("num_layers"), "stacked LSTM layers", lower_bound=1)
+flags.DEFINE_integer("embedding_size", default("embedding_size"), "character embedding width", lower_bound=1)
+flags.DEFINE_boolean("use_embedding", default("use_embedding"),
+                     "learn an embedding; false feeds one-hot vectors (small alphabets)")
+flags.DEFINE_float("dropout", default("dropout"), "dropout after each LSTM layer, in [0, 1)")
 flags.DEFINE_float("learning_rate", 0.008, "peak Adam learning rate", lower_bound=0)
 flags.DEFINE_integer("warmup_steps", 100, "steps of linear learning-rate warmup", lower_bound=0)
 flags.DEFINE_float("min_lr_fraction", 0.05, "cosine decay ends at this fraction of the peak rate", lower_bound=0, upper_bound=1)
@@ -58,11 +51,11 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "trainin
                   "(float32 weights); auto: bfloat16 on a CPU with AMX, else float32")
 flags.DEFINE_integer("eval_chars", 1_000_000, "validate on at most this many held-out characters (keeps huge corpora quick)", lower_bound=2)
 flags.DEFINE_string("cache_dir", read_utils.default_cache_dir(), "where encoded corpora are kept (safe to delete)")
-flags.DEFINE_integer("steps_per_execution", model_lib.STEPS_PER_CALL, "training steps per compiled call, as in Keras' compile(); "
+flags.DEFINE_integer("steps_per_execution", tuning.STEPS_PER_CALL, "training steps per compiled call, as in Keras' compile(); "
                      "a call ends early at a step that logs, validates or saves, and Ctrl-C waits for it", lower_bound=1)
-# Scaling out (README: "Training on several GPUs or machines").
-flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy: one device, all local GPUs, "
-                  "workers from TF_CONFIG, or a TPU; --batch_size is the global batch, split over the replicas")
+# Scaling out (docs/distributed.md).
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy: one "
+                  "device, all local GPUs, workers from TF_CONFIG, or a TPU; --batch_size is the global batch, split over the replicas")
 flags.DEFINE_string("tpu", "", "with --strategy tpu: the TPU's name or grpc:// address (empty: a local TPU)")
 flags.DEFINE_integer("cpu_devices", 1, "split the CPU into this many devices, to try --strategy mirrored without GPUs", lower_bound=1)
 # The original project's flag names, so its README commands run unchanged.
@@ -74,304 +67,85 @@ flags.register_validator("dropout", lambda v: 0 <= v < 1, "--dropout must be in 
 flags.register_validator("train_keep_prob", lambda v: v is None or 0 < v <= 1, "--train_keep_prob must be in (0, 1]")
 FLAGS = flags.FLAGS
 
-# Flags that fix the model's shape or the reader's layout: a resumed run must keep them.
-MODEL_FLAGS = ("lstm_size", "num_layers", "embedding_size", "use_embedding", "dropout")
-READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "val_fraction")
-# The rest of the recipe: a resumed run keeps it unless a flag says otherwise.
-RECIPE_FLAGS = ("max_steps", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed", "precision")
-CONFIG_FORMAT = 1
-SCORER_CHARS = 5_000_000  # the copy rate of sampled poems is judged against this much training text
 
 
 def main(argv):
     del argv
-    cli.quiet_library_info()
     try:
-        train()
+        inputs = check_inputs()
+        cli.import_tensorflow()
+        import trainer  # TensorFlow's side, once the inputs are known to be good
+
+        trainer.train(inputs)
     except read_utils.InputError as e:
         cli.fail(e)
 
 
-def train():
+def check_inputs():
+    """What training starts from (trainer.Inputs), checked before TensorFlow starts.
+
+    The flags a user did not give take a resumed run's values; a damaged run or a corpus that is
+    not text is refused here, before anything is written.
+    """
     if FLAGS.train_keep_prob is not None:
         FLAGS.dropout = 1.0 - FLAGS.train_keep_prob
-    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu, FLAGS.cpu_devices)  # before other TF work
-    scratch = None if distribute.is_chief(strategy) else distribute.scratch_dir(strategy)
-    try:
-        train_with(strategy, scratch)
-    finally:
-        if scratch:
-            distribute.remove_scratch(scratch)
-
-
-def train_with(strategy, scratch):
-    """Training under a strategy; scratch is None for the chief, which alone keeps what it writes."""
-    chief = scratch is None
-    checkpoint_dir = FLAGS.checkpoint_dir or os.path.join("checkpoints", FLAGS.name)
+    checkpoint_dir = run_dir.path_of(FLAGS.name, FLAGS.checkpoint_dir)
     logdir = FLAGS.logdir or os.path.join(checkpoint_dir, "logs")
     if os.path.realpath(logdir) == os.path.realpath(checkpoint_dir):
         # Both would keep a "checkpoint" file there: the run's and the projector's embedding's.
         raise read_utils.InputError(f"--logdir {logdir} is the checkpoint directory; leave it out to log to {checkpoint_dir}/logs")
-    config_path = os.path.join(checkpoint_dir, "config.json")
-    vocab_path = os.path.join(checkpoint_dir, "vocab.json")
-    saved, saved_vocab = load_saved_run(config_path, vocab_path)
+    saved = saved_run(checkpoint_dir)
     if saved:
-        adopt_saved_settings(saved)
-    if FLAGS.precision == "auto":  # config.json keeps the choice, so a resumed run keeps it too
-        FLAGS.precision = model_lib.auto_precision()
-    replicas = strategy.num_replicas_in_sync
-    if FLAGS.batch_size % replicas:
-        raise read_utils.InputError(
-            f"--batch_size {FLAGS.batch_size} does not split evenly over {replicas} replicas; use a multiple of {replicas}"
-        )
+        adopt_saved_settings(saved.record)
     corpus = FLAGS.input or read_utils.default_corpus_path()
     read_utils.check_text_file(corpus)  # before hashing it, for a clear error
-    corpus_sha256 = read_utils.sha256_of(corpus)
-    cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
-    data = load_corpus(corpus, saved_vocab, corpus_sha256, cache_dir)
-    vocab = data.vocab
-    reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
-    config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in MODEL_FLAGS})
-    logging.info(
-        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s), %s",
-        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", len(vocab), reader.windows_per_epoch, replicas,
-        FLAGS.precision,
-    )
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    with strategy.scope():
-        net = model_lib.build_model(config, FLAGS.precision)
-        optimizer = make_optimizer()
-        optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
-    # The streams' LSTM states as of the last save, so a resumed run continues them exactly.
-    states = [tf.Variable(state, trainable=False) for state in model_lib.zero_states(config, FLAGS.batch_size)]
-    # optimizer.iterations is the step and, one window per step, the reader position too.
-    checkpoint = model_lib.weights_checkpoint(net, optimizer=optimizer, lstm_states=states)
-    save_dir = scratch or checkpoint_dir
-    with writing(save_dir):
-        os.makedirs(save_dir, exist_ok=True)
-        manager = tf.train.CheckpointManager(checkpoint, save_dir, max_to_keep=FLAGS.max_to_keep)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)  # every worker resumes from the chief's
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
-    else:
-        model_lib.init_output_bias(net, data.counts)
-    if saved and saved.get("corpus", {}).get("sha256") != corpus_sha256:
-        logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
-    projector = evaluator = sampler = None
-    if chief:
-        record = run_config(config, corpus, corpus_sha256)
-        with writing(checkpoint_dir):
-            vocab.save(vocab_path)
-            read_utils.write_json_atomic(config_path, record)
-        with writing(logdir):
-            monitor.log_run_config(logdir, record)
-            projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
-        if len(data.val_ids) > 1:
-            windows = read_utils.EvalWindows(data.val_ids, 16, FLAGS.seq_length, max_chars=FLAGS.eval_chars)
-            evaluator = model_lib.Evaluator(config, windows)
-        if FLAGS.eval_poems:
-            scorer = poem_metrics.PoemScorer.from_training_text(vocab.decode(data.train_ids[:SCORER_CHARS]))
-            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
-    run = Run(strategy, net, optimizer, states, manager, projector)
-    run_training(run, reader, evaluator, logdir if chief else None, sampler)
+    return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus))
 
 
-def load_corpus(corpus, saved_vocab, sha256, cache_dir):
-    """The encoded corpus (read_utils.Corpus); a resumed run keeps its saved vocabulary."""
-    data = read_utils.encode_corpus(corpus, cache_dir, FLAGS.val_fraction, saved_vocab, FLAGS.max_vocab, sha256)
-    if data.unseen and not FLAGS.max_vocab:
-        raise read_utils.InputError(
-            f"{corpus} has {len(data.unseen)} characters that the run's saved vocabulary lacks "
-            f"(e.g. {''.join(data.unseen[:10])!r}); train on it under a new --name"
-        )
-    return data
+class Inputs(typing.NamedTuple):
+    checkpoint_dir: str
+    logdir: str
+    saved: run_dir.Run | None  # the run being resumed, or None for a new one
+    corpus: str  # the text file's path
+    corpus_sha256: str
 
 
-def make_optimizer():
-    """Adam with a short linear warmup, then cosine decay to min_lr_fraction at max_steps."""
-    warmup = min(FLAGS.warmup_steps, FLAGS.max_steps - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=FLAGS.learning_rate * (0.1 if warmup else 1.0),
-        decay_steps=FLAGS.max_steps - warmup,
-        alpha=FLAGS.min_lr_fraction,
-        warmup_target=FLAGS.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    return model_lib.Adam(learning_rate=schedule)
+def saved_run(checkpoint_dir):
+    """The run_dir.Run being resumed, or None for a new run.
 
-
-def run_config(config, corpus, corpus_sha256):
-    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps."""
-    training = {k: FLAGS[k].value for k in READER_FLAGS + RECIPE_FLAGS}
-    return {
-        "format": CONFIG_FORMAT,
-        "model": config.to_json(),
-        "training": training,
-        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256},
-    }
-
-
-class Run(typing.NamedTuple):
-    """What the training loop works on and saves."""
-
-    strategy: tf.distribute.Strategy
-    net: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    states: list  # variables holding the streams' LSTM states at the last save
-    manager: tf.train.CheckpointManager
-    projector: monitor.EmbeddingProjector | None
-
-
-class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to finish its call (--steps_per_execution), save and stop; a second one stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
-
-    def __call__(self, signum, frame):
-        if self.requested:
-            sys.exit(f"{os.path.basename(sys.argv[0])}: stopped without saving; the last checkpoint is kept")
-        self.requested = True
-
-
-def run_training(run, reader, evaluator, logdir, sampler):
-    """The loop: train, log, validate, checkpoint. logdir None writes no logs (a non-chief worker)."""
-    strategy, optimizer = run.strategy, run.optimizer
-    train_steps = model_lib.make_train_steps(run.net, optimizer, FLAGS.grad_clip, strategy)
-    writers = {
-        name: tf.summary.create_file_writer(os.path.join(logdir, name)) if logdir else tf.summary.create_noop_writer()
-        for name in ("train", "validation")
-    }
-    start = int(optimizer.iterations.numpy())
-    if start >= FLAGS.max_steps:
-        logging.info("already at step %d of --max_steps %d; raise --max_steps to train more", start, FLAGS.max_steps)
-    progbar = keras.utils.Progbar(FLAGS.max_steps, stateful_metrics=["loss", "chars/s", "val_loss"])
-    progbar.update(start)
-    chars_per_step = reader.batch_size * reader.seq_length
-    tick, tick_step = time.perf_counter(), start
-    states = distribute.split_batch(strategy, [tf.convert_to_tensor(state) for state in run.states])
-    event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
-    calls = read_utils.call_plan(start, FLAGS.max_steps, FLAGS.steps_per_execution, event_intervals)
-    stop = StopRequest()
-    try:
-        for x, y, starts_epoch in reader.dataset(calls):
-            losses, grad_norms, states = train_steps(*distribute.split_batch(strategy, [x, y]), states, starts_epoch)
-            step, losses = int(optimizer.iterations.numpy()), losses.numpy()
-            if not np.isfinite(losses).all():
-                bad = int(np.argmin(np.isfinite(losses)))  # the call's first step with a non-finite loss
-                cli.fail(
-                    f"the training loss became {losses[bad]} at step {step - len(losses) + 1 + bad}; stopped without "
-                    f"saving, so the last good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
-                )
-            loss, grad_norm = float(losses[-1]), float(grad_norms[-1])
-            values = [("loss", loss)]
-            if step % FLAGS.log_every_n == 0 or step == FLAGS.max_steps:
-                now = time.perf_counter()
-                speed = (step - tick_step) * chars_per_step / (now - tick)
-                tick, tick_step = now, step
-                values.append(("chars/s", speed))
-                with writers["train"].as_default(step=step):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
-                    tf.summary.scalar("grad_norm", grad_norm)
-                    tf.summary.scalar("chars_per_second", speed)
-            if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
-                paused = time.perf_counter()
-                val_loss = evaluator.loss(run.net)
-                values.append(("val_loss", val_loss))
-                with writers["validation"].as_default(step=step):
-                    tf.summary.scalar("loss", val_loss)
-                    tf.summary.scalar("bits_per_char", val_loss / math.log(2))
-                    tf.summary.scalar("perplexity", math.exp(val_loss) if val_loss < 88 else math.inf)  # float32 range
-                logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
-                tick += time.perf_counter() - paused  # validation time is not training speed
-            if step % FLAGS.save_every_n == 0 or step == FLAGS.max_steps:
-                paused = time.perf_counter()
-                save_checkpoint(run, states, step)
-                if sampler:
-                    with writers["validation"].as_default():
-                        sampler.log(run.manager.latest_checkpoint, step)
-                tick += time.perf_counter() - paused  # nor is sampling poems
-            progbar.update(step, values)
-            if stop.requested:
-                print(file=sys.stderr)
-                logging.info("interrupted at step %d: saving a checkpoint", step)
-                break
-    finally:
-        for writer in writers.values():
-            writer.flush()
-    step = int(optimizer.iterations.numpy())
-    if run.manager.latest_checkpoint is None or not run.manager.latest_checkpoint.endswith(f"-{step}"):
-        save_checkpoint(run, states, step)
-    logging.info("checkpoint %s", run.manager.latest_checkpoint)
-
-
-def save_checkpoint(run, states, step):
-    """A checkpoint of the step with the streams' current states, and the projector's embedding."""
-    for variable, value in zip(run.states, distribute.join_batch(run.strategy, states)):
-        variable.assign(value)
-    with writing(run.manager.directory):
-        run.manager.save(checkpoint_number=step)
-        if run.projector:
-            run.projector.save(step)
-
-
-def load_saved_run(config_path, vocab_path):
-    """(config.json contents, Vocab) of the run being resumed, or (None, None) for a new run.
-
-    A damaged file is an error rather than a reason to start over and overwrite the run.
+    A damaged config.json or vocab.json is an error rather than a reason to start over and
+    overwrite the run.
     """
-    if not os.path.exists(config_path):
-        return None, None
+    if not os.path.exists(os.path.join(checkpoint_dir, "config.json")):
+        return None
     try:
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
-        saved["model"] | saved["training"]  # both sections must be there
-        return saved, read_utils.Vocab.load(vocab_path)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise read_utils.InputError(
-            f"cannot resume from {os.path.dirname(config_path)}: config.json or vocab.json is unreadable "
-            f"({type(e).__name__}: {e}); restore the files or train under a new --name"
-        ) from None
+        saved = run_dir.read_run(checkpoint_dir, need_checkpoint=False)
+        saved.record["training"]  # the resumed flags must be there
+        return saved
+    except (run_dir.RunError, KeyError, TypeError) as e:
+        raise read_utils.InputError(f"cannot resume from {checkpoint_dir}: {e}") from None
 
 
 def adopt_saved_settings(saved):
-    """Makes the flags a user did not give take the resumed run's values.
+    """Makes the flags a user did not give take the resumed run's values (saved: its config.json).
 
     A model or reader flag given explicitly that contradicts the run is an error: it would
-    silently change what the checkpoint means. Recipe flags (steps, learning rate, ...) may change.
+    silently change what the checkpoint means. Recipe flags (steps, learning rate, ...) may change,
+    and the rest of the recipe is kept.
     """
     previous = saved["model"] | saved["training"]
-    for key in MODEL_FLAGS + READER_FLAGS + RECIPE_FLAGS:
+    for key in run_dir.MODEL_FLAGS + run_dir.READER_FLAGS + run_dir.RECIPE_FLAGS:
         if key not in previous:
             continue
         explicit = FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
         if not explicit:
             FLAGS[key].value = previous[key]
-        elif key not in RECIPE_FLAGS and FLAGS[key].value != previous[key]:
+        elif key not in run_dir.RECIPE_FLAGS and FLAGS[key].value != previous[key]:
             raise read_utils.InputError(
                 f"--{key}={FLAGS[key].value} differs from the saved run's {previous[key]}; "
                 "drop the flag to resume, or start a new run with another --name"
             )
 
 
-@contextlib.contextmanager
-def writing(directory):
-    """Reports a failed write (full disk, no permission) as an error that names the directory."""
-    try:
-        yield
-    except (OSError, tf.errors.OpError) as e:
-        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-        reason = reason.split("}} ")[-1]  # TensorFlow prefixes the failing graph function's name
-        raise read_utils.InputError(
-            f"cannot write to {directory}: {reason}; free some disk space or choose a writable "
-            "--checkpoint_dir / --logdir"
-        ) from None
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
