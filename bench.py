@@ -19,7 +19,7 @@ the same per character as trained ones. Each line holds:
                 machine lowers every figure, so compare runs on a quiet machine.
 For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
   chars_per_s   characters trained per second through train.py's own compiled training call
-                (model.STEPS_PER_CALL steps a call, its --steps_per_execution default);
+                (tuning.STEPS_PER_CALL steps a call, its --steps_per_execution default);
   baseline_chars_per_s, ratio   the same model as a plain Keras Sequential trained by model.fit
                 with default settings, measured in the same run in alternating turns (8 of
                 --seconds / 8 each side), and our speed over it: the median of the turns' ratios,
@@ -83,16 +83,17 @@ def write_random_run(directory, size):
     import tensorflow as tf
 
     import model as model_lib
+    import run_dir
 
     vocab = synthetic_vocab()
-    config = model_lib.ModelConfig(
+    config = run_dir.ModelConfig(
         vocab_size=len(vocab), embedding_size=size.embedding_size, lstm_size=size.lstm_size, num_layers=size.num_layers
     )
     net = model_lib.build_model(config)
     tf.train.CheckpointManager(model_lib.weights_checkpoint(net), directory, max_to_keep=1).save()
     vocab.save(os.path.join(directory, "vocab.json"))
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": config.to_json()}, f)
+        json.dump({"format": run_dir.CONFIG_FORMAT, "model": config.to_json()}, f)
 
 
 def measure_sampling(size, streams, temperature=0.8, top_p=1.0, max_length=2000):
@@ -166,21 +167,25 @@ def timed_steps(step, seconds):
 
 def our_trainer(size, precision="float32"):
     """train(seconds) -> (characters, elapsed) through train.py's own compiled training call
-    (model.make_train_steps), model.STEPS_PER_CALL steps a call, as train.py's default."""
+    (trainer.make_train_steps), tuning.STEPS_PER_CALL steps a call, as train.py's default."""
     import tensorflow as tf
 
+    import cpu_training
     import model as model_lib
+    import run_dir
+    import trainer
+    import tuning
 
     batch, steps = TRAIN_BATCH[size.name]
-    config = model_lib.ModelConfig(
+    config = run_dir.ModelConfig(
         vocab_size=VOCAB_SIZE, embedding_size=size.embedding_size, lstm_size=size.lstm_size,
         num_layers=size.num_layers, dropout=0.1,
     )
     net = model_lib.build_model(config, precision)
-    train_steps = model_lib.make_train_steps(net, model_lib.Adam(1e-3), 5.0, tf.distribute.get_strategy())
-    windows = tf.constant(random_windows(batch, steps, calls=model_lib.STEPS_PER_CALL))
+    train_steps = trainer.make_train_steps(net, cpu_training.Adam(1e-3), 5.0, tf.distribute.get_strategy())
+    windows = tf.constant(random_windows(batch, steps, calls=tuning.STEPS_PER_CALL))
     x, y = windows[..., :-1], windows[..., 1:]
-    starts_epoch = tf.zeros([model_lib.STEPS_PER_CALL], tf.bool)
+    starts_epoch = tf.zeros([tuning.STEPS_PER_CALL], tf.bool)
     states = model_lib.zero_states(config, batch)
 
     def call():
@@ -190,7 +195,7 @@ def our_trainer(size, precision="float32"):
 
     def train(seconds):
         calls, elapsed = timed_steps(call, seconds)
-        return calls * model_lib.STEPS_PER_CALL * batch * steps, elapsed
+        return calls * tuning.STEPS_PER_CALL * batch * steps, elapsed
 
     for _ in range(2):  # tracing and warm-up
         call()
@@ -414,7 +419,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, in run()
     import cli
 
-    cli.quiet_library_info()
+    cli.import_tensorflow()
     for m in selected(FLAGS.only) if FLAGS.only else MEASUREMENTS:
         load_avg = os.getloadavg()[0]
         figures = m.run()

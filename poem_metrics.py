@@ -5,7 +5,7 @@
 - copy rate: the fraction of generated clauses that occur verbatim in the training text;
 - distinct bigrams: distinct character bigrams over all bigrams; repetition pulls it down.
 
-On poetry.txt, its held-out lines (every 20th) score 99.75%, 8.7% and 84% (DESIGN.md). A clause
+On poetry.txt, its held-out lines (every 20th) score 99.75%, 8.7% and 84% (docs/DESIGN.md). A clause
 is a run of letters between punctuation marks; digits, punctuation and symbols such as the
 corpus' '□' (an illegible character) are not letters.
 """

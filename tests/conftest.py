@@ -12,6 +12,17 @@ sys.path.insert(0, ROOT)
 
 CHARS = "春花秋月夜风山水云雨江天人日明白"
 
+# Tests that run the entry points as processes, or read a toy run that train.py trained first, carry
+# the mark "process"; `pytest -m "not process"` is the fast tier.
+PROCESS_MODULES = {"test_robustness", "test_end_to_end", "test_tensorboard", "test_distribute"}
+PROCESS_FIXTURES = {"trained_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in PROCESS_MODULES or PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.process)
+
 
 def couplets(n, seed=0):
     """n lines of the corpus' form: five characters, '，', five characters, '。'."""

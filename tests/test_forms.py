@@ -5,6 +5,7 @@ import pytest
 import generator
 import poem_forms
 import read_utils
+import tuning
 from conftest import CHARS, run_script
 
 # name or alias -> (characters per clause, couplet lines)
@@ -91,7 +92,7 @@ def test_every_poem_is_well_formed_whatever_the_decoding(gen, name, decoding):
 
 def test_many_streams_are_well_formed_too(trained_run):
     config, vocab, path = generator.load_run(trained_run[0])
-    many = generator.Generator(config, vocab, path, num_streams=generator.MANY_STREAMS)
+    many = generator.Generator(config, vocab, path, num_streams=tuning.MANY_STREAMS)
     for name in ("wujue", "qilv"):
         poems = many.generate(form=name, acrostic="春秋", temperature=1.5, top_p=0.9, seed=12)
         assert all(poem_pattern(*SHAPES[name]).fullmatch(poem) for poem in poems), poems

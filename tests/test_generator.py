@@ -5,6 +5,8 @@ import tensorflow as tf
 import generator
 import model as model_lib
 import read_utils
+import run_dir
+import tuning
 from conftest import run_script
 
 NEG_INF = float("-inf")
@@ -76,7 +78,7 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
 @pytest.mark.parametrize("use_embedding, streams, ahead", [(True, 2, False), (False, 2, False), (True, 1, False),
                                                            (True, 2, True)])
 def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams, ahead):
-    config = model_lib.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
+    config = run_dir.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
                                    use_embedding=use_embedding)
     net = model_lib.build_model(config)
     for i, v in enumerate(net.trainable_variables):
@@ -117,7 +119,7 @@ def test_same_seed_same_text_and_top_k_one_is_greedy(gen):
     assert all(text.startswith("春") for text in first + greedy)
 
 
-@pytest.mark.parametrize("num_streams", [8, generator.MANY_STREAMS])  # CharStep's two forms
+@pytest.mark.parametrize("num_streams", [8, tuning.MANY_STREAMS])  # CharStep's two forms
 def test_banned_and_unknown_characters_never_appear(trained_run, num_streams):
     banned = load(trained_run[0], num_streams=num_streams, banned="春花")
     texts = banned.generate("", 200, temperature=2.0, seed=1)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import read_utils
+import trainer
 from read_utils import InputError, StreamReader, Vocab
 
 
@@ -87,7 +88,7 @@ def test_dataset_serves_each_calls_windows_from_any_start():
     start, end = 5, 5 + reader.windows_per_epoch + 2  # across an epoch's end
     calls = read_utils.call_plan(start, end, 3, [reader.windows_per_epoch])
     step = start
-    for x, y, starts in reader.dataset(calls):
+    for x, y, starts in trainer.window_dataset(reader, calls):
         assert x.shape[1] == y.shape[1] == starts.shape[0] <= 3
         for i in range(x.shape[1]):
             ex, ey, es = reader.window(step)
