@@ -220,7 +220,7 @@ def keras_trainer(size):
     num_batches = 400
     dataset = tf.data.Dataset.from_tensors((window[:, :-1], window[:, 1:])).repeat(num_batches)
     options = tf.data.Options()
-    options.autotune.enabled = False  # DESIGN.md: avoids a multi-second stall when fit ends
+    options.autotune.enabled = False  # docs/DESIGN.md: avoids a multi-second stall when fit ends
     dataset = dataset.with_options(options)
 
     class StepClock(keras.callbacks.Callback):
@@ -362,6 +362,50 @@ def train_large_corpus(megabytes, steps=300):
                 "seconds": round(time.perf_counter() - start, 1), "train_peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
+# --- whole processes, as a user runs them -------------------------------------------------------------
+
+def run_entry_point(script, *args):
+    """Seconds one run of an entry point takes, start-up included, and its stdout."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *map(str, args)]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{script} failed: {result.stderr[-2000:]}")
+    return time.perf_counter() - start, result.stdout
+
+
+def train_process(size, steps=(200, 1700)):
+    """train.py's speed as a user gets it: two runs of the same recipe, `steps` apart, timed from
+    outside; their difference is training alone, start-up and compilation taken out. Both runs
+    validate, save and sample poems as train.py's defaults say."""
+    batch, seq_length = TRAIN_BATCH[size.name]
+    with tempfile.TemporaryDirectory() as directory:
+        corpus = os.path.join(directory, "corpus.txt")
+        generate_corpus(corpus, 2)
+        model = ["--lstm_size", size.lstm_size, "--num_layers", size.num_layers, "--embedding_size", size.embedding_size,
+                 "--batch_size", batch, "--seq_length", seq_length, "--cache_dir", os.path.join(directory, "cache")]
+        seconds = [run_entry_point("train.py", "--input", corpus, "--checkpoint_dir", os.path.join(directory, f"run{n}"),
+                                   "--max_steps", n, *model)[0] for n in steps]
+    chars = (steps[1] - steps[0]) * batch * seq_length
+    return {"chars_per_s": round(chars / (seconds[1] - seconds[0])), "seconds": [round(t, 1) for t in seconds],
+            "steps": list(steps), "batch": f"{batch}x{seq_length}"}
+
+
+def sample_process(size, lengths=(20_000, 30_000)):
+    """sample.py's speed, one stream, as a user gets it: two runs `lengths` characters long, timed
+    from outside; their difference is generation alone."""
+    with tempfile.TemporaryDirectory() as directory:
+        write_random_run(directory, size)
+        runs = [run_entry_point("sample.py", "--checkpoint_dir", directory, "--max_length", n, "--max_lines", 0,
+                                "--ban", "\n") for n in lengths]
+    chars = [len(stdout.rstrip("\n")) for _, stdout in runs]
+    return {"chars_per_s": round((chars[1] - chars[0]) / (runs[1][0] - runs[0][0])),
+            "seconds": [round(t, 1) for t, _ in runs], "characters": chars}
+
+
 def encoding(megabytes):
     """The time and the memory measurement of encoding a generated corpus of that size."""
     name = megabytes_name(megabytes)
@@ -395,6 +439,10 @@ MEASUREMENTS = [
     Measurement("train_step_medium", "training, medium model, train.py's steps alone", functools.partial(train_speed, MEDIUM)),
     Measurement("train_memory_medium", "peak resident memory of a process training the medium model",
                 functools.partial(train_memory, MEDIUM)),
+    Measurement("train_process_small", "train.py as a process, small model, batches 32x26: 1,700 against 200 steps",
+                functools.partial(train_process, SMALL)),
+    Measurement("sample_process_small_1", "sample.py as a process, small model, one stream: 30,000 against 20,000 "
+                "characters", functools.partial(sample_process, SMALL)),
     *encoding(100),
     *encoding(1000),
     Measurement("train_memory_1gb", "peak resident memory of train.py (default model) training 300 steps on a "
@@ -416,7 +464,6 @@ def main(argv):
         for m in MEASUREMENTS:
             print(f"{m.name}: {m.description}")
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, in run()
     import cli
 
     cli.import_tensorflow()

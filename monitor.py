@@ -56,7 +56,7 @@ def log_run_config(logdir, run_config):
     They go to the logdir itself, above train/ and validation/, which the HParams dashboard then
     treats as one session whose metrics are the scalars below it.
     """
-    values = run_config["model"] | run_config["training"]
+    values = {k: v for k, v in (run_config["model"] | run_config["training"]).items() if v is not None}  # unset flags
     values["corpus"] = run_config["corpus"]["path"]
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
@@ -80,7 +80,7 @@ class PoemSampler:
     """Samples a few poems from a checkpoint; in training, logs them with their poem metrics.
 
     generator.Generator loads its weights from a checkpoint path, so training samples right
-    after each save; rebuilding the generator costs about a second.
+    after each save.
     """
 
     LINES = 4  # a quatrain

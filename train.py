@@ -9,7 +9,11 @@ are checked before TensorFlow starts; trainer.py holds the training itself.
 """
 
 import os
+import re
+import time
 import typing
+
+STARTED = time.perf_counter()  # --time_budget counts from here: start-up is part of the budget
 
 from absl import app, flags
 
@@ -25,7 +29,11 @@ flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the 
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
-flags.DEFINE_integer("max_steps", 6000, "total training steps (one window of every stream each)", lower_bound=1)
+flags.DEFINE_integer("max_steps", 6000, "total training steps (one window of every stream each); given, it wins "
+                     "over --time_budget", lower_bound=1)
+flags.DEFINE_string("time_budget", None, "train for this much wall-clock time, start-up and validation included "
+                    "(e.g. 90s, 10m, 1h30m): after the warmup the step rate fixes --max_steps so that the "
+                    "learning-rate decay ends with the budget")
 flags.DEFINE_integer("batch_size", 32, "parallel streams per batch", lower_bound=1)
 flags.DEFINE_integer("seq_length", 26, "characters per window (truncated backprop length)", lower_bound=1)
 flags.DEFINE_integer("lstm_size", default("lstm_size"), "units in each LSTM layer", lower_bound=1)
@@ -64,9 +72,21 @@ flags.DEFINE_alias("num_seqs", "batch_size")
 flags.DEFINE_alias("num_steps", "seq_length")
 flags.DEFINE_float("train_keep_prob", None, "original name: keep probability, i.e. 1 - --dropout")
 flags.register_validator("dropout", lambda v: 0 <= v < 1, "--dropout must be in [0, 1)")
+flags.register_validator("time_budget", lambda v: v is None or duration_seconds(v) is not None,
+                         "--time_budget must be a duration such as 90s, 10m or 1h30m")
 flags.register_validator("train_keep_prob", lambda v: v is None or 0 < v <= 1, "--train_keep_prob must be in (0, 1]")
 FLAGS = flags.FLAGS
 
+
+
+def duration_seconds(text):
+    """Seconds in a duration such as "90s", "10m", "1h30m" or "600" (seconds); None if it is not one."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not text.strip() or not match:
+        return None
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    return total if total > 0 else None
 
 
 def main(argv):
@@ -97,9 +117,12 @@ def check_inputs():
     saved = saved_run(checkpoint_dir)
     if saved:
         adopt_saved_settings(saved.record)
+    if FLAGS.time_budget and not FLAGS["max_steps"].present and not (saved and saved.record["training"].get("max_steps")):
+        FLAGS.max_steps = None  # decided after the warmup (trainer.decide_steps)
     corpus = FLAGS.input or read_utils.default_corpus_path()
     read_utils.check_text_file(corpus)  # before hashing it, for a clear error
-    return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus))
+    budget = duration_seconds(FLAGS.time_budget) if FLAGS.time_budget else None
+    return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus), STARTED, budget)
 
 
 class Inputs(typing.NamedTuple):
@@ -108,6 +131,8 @@ class Inputs(typing.NamedTuple):
     saved: run_dir.Run | None  # the run being resumed, or None for a new one
     corpus: str  # the text file's path
     corpus_sha256: str
+    started: float  # time.perf_counter() when train.py started
+    budget_seconds: float | None  # --time_budget in seconds
 
 
 def saved_run(checkpoint_dir):

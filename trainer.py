@@ -7,6 +7,7 @@ model's loss by hand (cpu_training.py); on a GPU through the Keras layers, which
 """
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -54,7 +55,7 @@ def train(inputs):
 def train_with(strategy, inputs, scratch):
     """Training under a strategy; scratch is None for the chief, which alone keeps what it writes."""
     chief = scratch is None
-    checkpoint_dir, logdir, saved, corpus, corpus_sha256 = inputs
+    checkpoint_dir, logdir, saved, corpus, corpus_sha256, started, budget_seconds = inputs
     saved_vocab = saved.vocab if saved else None
     cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
     data = load_corpus(corpus, saved_vocab, corpus_sha256, cache_dir)
@@ -70,7 +71,8 @@ def train_with(strategy, inputs, scratch):
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope():
         net = model_lib.build_model(config, FLAGS.precision)
-        optimizer = make_optimizer()
+        decay_steps = tf.Variable(decay_steps_of(FLAGS.max_steps), trainable=False, dtype=tf.int64)
+        optimizer = make_optimizer(decay_steps)
         optimizer.build(net.trainable_variables)  # slots must exist before a restore fills them
     # The streams' LSTM states as of the last save, so a resumed run continues them exactly.
     states = [tf.Variable(state, trainable=False) for state in model_lib.zero_states(config, FLAGS.batch_size)]
@@ -88,7 +90,7 @@ def train_with(strategy, inputs, scratch):
         model_lib.init_output_bias(net, data.counts)
     if saved and saved.record.get("corpus", {}).get("sha256") != corpus_sha256:
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
-    projector = evaluator = sampler = None
+    projector = evaluator = sampler = record_steps = None
     if chief:
         # Whether the corpus is poetry, and in which form, goes to config.json (sample.py's line limit).
         scorer = poem_metrics.PoemScorer.from_training_text(vocab.decode(data.train_ids[:SCORER_CHARS]))
@@ -104,8 +106,16 @@ def train_with(strategy, inputs, scratch):
             evaluator = monitor.Evaluator(config, windows)
         if FLAGS.eval_poems:
             sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
-    run = Run(strategy, net, optimizer, states, manager, projector)
+        record_steps = functools.partial(record_max_steps, checkpoint_dir, record)
+    run = Run(strategy, net, optimizer, states, manager, projector, decay_steps, started, budget_seconds, record_steps)
     run_training(run, reader, evaluator, logdir if chief else None, sampler)
+
+
+def record_max_steps(checkpoint_dir, record, max_steps):
+    """Writes config.json (record) again with the steps a --time_budget run decided on."""
+    record["training"]["max_steps"] = max_steps
+    with writing(checkpoint_dir):
+        read_utils.write_json_atomic(os.path.join(checkpoint_dir, "config.json"), record)
 
 
 def load_corpus(corpus, saved_vocab, sha256, cache_dir):
@@ -119,17 +129,30 @@ def load_corpus(corpus, saved_vocab, sha256, cache_dir):
     return data
 
 
-def make_optimizer():
-    """Adam with a short linear warmup, then cosine decay to min_lr_fraction at max_steps."""
-    warmup = min(FLAGS.warmup_steps, FLAGS.max_steps - 1)
+def make_optimizer(decay_steps):
+    """Adam with a short linear warmup, then cosine decay to min_lr_fraction at max_steps.
+
+    decay_steps is a variable (max_steps minus the warmup), so that a run under --time_budget can
+    fix it after the warmup; until then it holds a placeholder the warmup never reaches.
+    """
+    warmup = warmup_steps(FLAGS.max_steps)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=FLAGS.learning_rate * (0.1 if warmup else 1.0),
-        decay_steps=FLAGS.max_steps - warmup,
+        decay_steps=decay_steps,
         alpha=FLAGS.min_lr_fraction,
         warmup_target=FLAGS.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
     return cpu_training.Adam(learning_rate=schedule)
+
+
+def warmup_steps(max_steps):
+    """--warmup_steps, leaving at least one step of decay (max_steps None: not decided yet)."""
+    return FLAGS.warmup_steps if max_steps is None else min(FLAGS.warmup_steps, max_steps - 1)
+
+
+def decay_steps_of(max_steps):
+    return (max_steps if max_steps is not None else 10**9) - warmup_steps(max_steps)
 
 
 def run_config(config, corpus, corpus_sha256, clause_length):
@@ -153,6 +176,10 @@ class Run(typing.NamedTuple):
     states: list  # variables holding the streams' LSTM states at the last save
     manager: tf.train.CheckpointManager
     projector: monitor.EmbeddingProjector | None
+    decay_steps: tf.Variable  # the learning-rate schedule's, fixed after the warmup under --time_budget
+    started: float  # time.perf_counter() when train.py started: --time_budget counts from there
+    budget_seconds: float | None  # --time_budget
+    record_steps: typing.Callable | None  # writes a decided max_steps into config.json (the chief only)
 
 
 class StopRequest:
@@ -170,94 +197,200 @@ class StopRequest:
 
 
 def run_training(run, reader, evaluator, logdir, sampler):
-    """The loop: train, log, validate, checkpoint. logdir None writes no logs (a non-chief worker)."""
-    strategy, optimizer = run.strategy, run.optimizer
-    train_steps = make_train_steps(run.net, optimizer, FLAGS.grad_clip, strategy)
-    writers = {
-        name: tf.summary.create_file_writer(os.path.join(logdir, name)) if logdir else tf.summary.create_noop_writer()
-        for name in ("train", "validation")
-    }
-    start = int(optimizer.iterations.numpy())
-    if start >= FLAGS.max_steps:
-        logging.info("already at step %d of --max_steps %d; raise --max_steps to train more", start, FLAGS.max_steps)
-    progress = Progress(start, FLAGS.max_steps)
-    chars_per_step = reader.batch_size * reader.seq_length
-    tick, tick_step = time.perf_counter(), start
-    states = distribute.split_batch(strategy, [tf.convert_to_tensor(state) for state in run.states])
-    event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
-    calls = read_utils.call_plan(start, FLAGS.max_steps, FLAGS.steps_per_execution, event_intervals)
-    stop = StopRequest()
+    """Trains to --max_steps, or, under --time_budget with no step count decided yet, through the
+    warmup, then decides the step count (steps_within) and trains to it. logdir None writes no
+    logs (a non-chief worker)."""
+    loop = TrainingLoop(run, reader, evaluator, logdir, sampler)
     try:
-        for x, y, starts_epoch in window_dataset(reader, calls):
-            losses, grad_norms, states = train_steps(*distribute.split_batch(strategy, [x, y]), states, starts_epoch)
-            step, losses = int(optimizer.iterations.numpy()), losses.numpy()
-            if not np.isfinite(losses).all():
-                bad = int(np.argmin(np.isfinite(losses)))  # the call's first step with a non-finite loss
-                cli.fail(
-                    f"the training loss became {losses[bad]} at step {step - len(losses) + 1 + bad}; stopped without "
-                    f"saving, so the last good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
-                )
-            loss, grad_norm = float(losses[-1]), float(grad_norms[-1])
-            values = [("loss", loss)]
-            logs = step % FLAGS.log_every_n == 0 or step == FLAGS.max_steps
-            if logs:
-                now = time.perf_counter()
-                speed = (step - tick_step) * chars_per_step / (now - tick)
-                tick, tick_step = now, step
-                values.append(("chars/s", speed))
-                with writers["train"].as_default(step=step):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate.numpy()))
-                    tf.summary.scalar("grad_norm", grad_norm)
-                    tf.summary.scalar("chars_per_second", speed)
-            if evaluator and (step % FLAGS.eval_every == 0 or step == FLAGS.max_steps):
-                paused = time.perf_counter()
-                val_loss = evaluator.loss(run.net)
-                values.append(("val_loss", val_loss))
-                with writers["validation"].as_default(step=step):
-                    tf.summary.scalar("loss", val_loss)
-                    tf.summary.scalar("bits_per_char", val_loss / math.log(2))
-                    tf.summary.scalar("perplexity", math.exp(val_loss) if val_loss < 88 else math.inf)  # float32 range
-                logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
-                tick += time.perf_counter() - paused  # validation time is not training speed
-            if step % FLAGS.save_every_n == 0 or step == FLAGS.max_steps:
-                paused = time.perf_counter()
-                save_checkpoint(run, states, step)
-                if sampler:
-                    with writers["validation"].as_default():
-                        sampler.log(run.manager.latest_checkpoint, step)
-                tick += time.perf_counter() - paused  # nor is sampling poems
-            progress.update(step, values, logs)
-            if stop.requested:
-                print(file=sys.stderr)
-                logging.info("interrupted at step %d: saving a checkpoint", step)
-                break
+        if FLAGS.max_steps is None:
+            measured_from = loop.step + 2 * FLAGS.steps_per_execution  # after the calls that trace and compile
+            decision = max(FLAGS.warmup_steps, measured_from + BUDGET_RATE_STEPS)
+            if loop.train_to(measured_from) and loop.train_to(decision):
+                decide_steps(loop, measured_from)
+        if FLAGS.max_steps is not None:
+            loop.train_to(FLAGS.max_steps)
     finally:
-        for writer in writers.values():
+        loop.flush()
+    loop.save_last()  # not after an error: the last good checkpoint stays the latest
+
+
+BUDGET_RATE_STEPS = 48  # steps timed, after the warmup's compilation, to measure a budgeted run's step rate
+
+
+def decide_steps(loop, measured_from):
+    """Fixes --max_steps so that the learning-rate decay ends when --time_budget does.
+
+    The step rate is measured over the steps since measured_from; one validation, checkpoint and
+    poem sample, made here, measure what each of those events costs. config.json then records the
+    steps, so a resumed run finishes the same schedule.
+    """
+    step = loop.step
+    steps_per_second = (step - measured_from) / (time.perf_counter() - loop.times[measured_from])
+    event_start = time.perf_counter()
+    loop.validate(step)
+    loop.save(step)
+    event_seconds = time.perf_counter() - event_start
+    seconds_left = loop.run.budget_seconds - (time.perf_counter() - loop.run.started)
+    total = steps_within(seconds_left, step, steps_per_second, event_seconds, (FLAGS.eval_every, FLAGS.save_every_n))
+    FLAGS.max_steps = total
+    loop.set_total_steps(total)
+    if loop.run.record_steps:
+        loop.run.record_steps(total)
+    logging.info("--time_budget %s: training for %d steps (%.1f steps/s; %.1f s a validation and checkpoint)",
+                 FLAGS.time_budget, total, steps_per_second, event_seconds)
+
+
+def steps_within(seconds_left, step, steps_per_second, event_seconds, event_intervals):
+    """The last step at which training from step, at steps_per_second, with the events on the way
+    (each interval's multiples, and the end, event_seconds each) still fits in seconds_left; at
+    least step + 1."""
+
+    def seconds_to(end):
+        events = 1 + len({n for interval in event_intervals for n in range(step + 1, end) if n % interval == 0})
+        return (end - step) / steps_per_second + events * event_seconds
+
+    low, high = step + 1, step + 1 + max(0, int(steps_per_second * seconds_left))  # seconds_to(high) > seconds_left
+    while high - low > 1:  # seconds_to grows with the end: bisect for the last end that fits
+        middle = (low + high) // 2
+        low, high = (middle, high) if seconds_to(middle) <= seconds_left else (low, middle)
+    return low
+
+
+class TrainingLoop:
+    """The training calls with what happens between them: log, validate, checkpoint, progress."""
+
+    def __init__(self, run, reader, evaluator, logdir, sampler):
+        self.run, self.reader, self.evaluator, self.sampler = run, reader, evaluator, sampler
+        self.train_steps = make_train_steps(run.net, run.optimizer, FLAGS.grad_clip, run.strategy)
+        self.writers = {
+            name: tf.summary.create_file_writer(os.path.join(logdir, name)) if logdir else tf.summary.create_noop_writer()
+            for name in ("train", "validation")
+        }
+        self.step = int(run.optimizer.iterations.numpy())
+        if FLAGS.max_steps is not None and self.step >= FLAGS.max_steps:
+            logging.info("already at step %d of --max_steps %d; raise --max_steps to train more", self.step, FLAGS.max_steps)
+        self.progress = Progress(self.step, FLAGS.max_steps, run.started, run.budget_seconds)
+        self.chars_per_step = reader.batch_size * reader.seq_length
+        self.tick, self.tick_step = time.perf_counter(), self.step
+        self.times = {self.step: self.tick}  # when each call ended, by its last step
+        self.states = distribute.split_batch(run.strategy, [tf.convert_to_tensor(state) for state in run.states])
+        self.stop = StopRequest()
+
+    def set_total_steps(self, total):
+        self.run.decay_steps.assign(decay_steps_of(total))
+        self.progress.set_total(total)
+
+    def train_to(self, end):
+        """Trains up to step end; False when Ctrl-C stopped it first."""
+        event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
+        calls = read_utils.call_plan(self.step, end, FLAGS.steps_per_execution, event_intervals)
+        for x, y, starts_epoch in window_dataset(self.reader, calls):
+            self.train_call(x, y, starts_epoch)
+            if self.stop.requested:
+                print(file=sys.stderr)
+                logging.info("interrupted at step %d: saving a checkpoint", self.step)
+                return False
+        return True
+
+    def train_call(self, x, y, starts_epoch):
+        run = self.run
+        losses, grad_norms, self.states = self.train_steps(*distribute.split_batch(run.strategy, [x, y]), self.states,
+                                                           starts_epoch)
+        step, losses = int(run.optimizer.iterations.numpy()), losses.numpy()
+        self.step = step
+        self.times[step] = time.perf_counter()
+        if not np.isfinite(losses).all():
+            bad = int(np.argmin(np.isfinite(losses)))  # the call's first step with a non-finite loss
+            cli.fail(
+                f"the training loss became {losses[bad]} at step {step - len(losses) + 1 + bad}; stopped without "
+                f"saving, so the last good checkpoint is kept; resume with a lower --learning_rate (now {FLAGS.learning_rate})"
+            )
+        values = [("loss", float(losses[-1]))]
+        last = step == FLAGS.max_steps
+        logs = step % FLAGS.log_every_n == 0 or last
+        if logs:
+            values.append(("chars/s", self.log_training(step, float(losses[-1]), float(grad_norms[-1]))))
+        if step % FLAGS.eval_every == 0 or last:
+            values += self.paused(self.validate, step)
+        if step % FLAGS.save_every_n == 0 or last:
+            self.paused(self.save, step)
+        self.progress.update(step, values, logs)
+
+    def log_training(self, step, loss, grad_norm):
+        """Writes the training scalars; returns the speed since the last log, in characters per second."""
+        now = time.perf_counter()
+        speed = (step - self.tick_step) * self.chars_per_step / (now - self.tick)
+        self.tick, self.tick_step = now, step
+        with self.writers["train"].as_default(step=step):
+            tf.summary.scalar("loss", loss)
+            tf.summary.scalar("learning_rate", float(self.run.optimizer.learning_rate.numpy()))
+            tf.summary.scalar("grad_norm", grad_norm)
+            tf.summary.scalar("chars_per_second", speed)
+        return speed
+
+    def paused(self, event, step):
+        """event(step), its time kept out of the training speed."""
+        started = time.perf_counter()
+        result = event(step)
+        self.tick += time.perf_counter() - started
+        return result
+
+    def validate(self, step):
+        """The validation loss, logged; [("val_loss", loss)], or [] without held-out text."""
+        if not self.evaluator:
+            return []
+        val_loss = self.evaluator.loss(self.run.net)
+        with self.writers["validation"].as_default(step=step):
+            tf.summary.scalar("loss", val_loss)
+            tf.summary.scalar("bits_per_char", val_loss / math.log(2))
+            tf.summary.scalar("perplexity", math.exp(val_loss) if val_loss < 88 else math.inf)  # float32 range
+        logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
+        return [("val_loss", val_loss)]
+
+    def save(self, step):
+        """A checkpoint, and poems sampled from it for TensorBoard."""
+        save_checkpoint(self.run, self.states, step)
+        if self.sampler:
+            with self.writers["validation"].as_default():
+                self.sampler.log(self.run.manager.latest_checkpoint, step)
+
+    def flush(self):
+        for writer in self.writers.values():
             writer.flush()
-    step = int(optimizer.iterations.numpy())
-    if run.manager.latest_checkpoint is None or not run.manager.latest_checkpoint.endswith(f"-{step}"):
-        save_checkpoint(run, states, step)
-    logging.info("checkpoint %s", run.manager.latest_checkpoint)
+
+    def save_last(self):
+        """Saves the last step, unless it is saved already."""
+        latest = self.run.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{self.step}"):
+            save_checkpoint(self.run, self.states, self.step)
+        logging.info("checkpoint %s", self.run.manager.latest_checkpoint)
 
 
 class Progress:
     """Training progress: Keras' progress bar on a terminal; where the output goes to a file (nohup,
     CI, > train.log), one plain line at each --log_every_n step instead of the bar's redraws."""
 
-    def __init__(self, start, total):
-        self.total = total
+    def __init__(self, start, total, started, budget_seconds):
+        self.total = total  # None until a --time_budget run decides it
+        self.started, self.budget_seconds = started, budget_seconds
         self.bar = None
         if sys.stdout.isatty():
-            self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "chars/s", "val_loss"])
+            self.bar = keras.utils.Progbar(total, stateful_metrics=["loss", "chars/s", "val_loss", "min_left"])
             self.bar.update(start)
 
+    def set_total(self, total):
+        self.total = total
+        if self.bar:
+            self.bar.target = total
+
     def update(self, step, values, logs):
+        if self.budget_seconds:
+            values = values + [("min_left", (self.budget_seconds - (time.perf_counter() - self.started)) / 60)]
         if self.bar:
             self.bar.update(step, values)
         elif logs:
             figures = ", ".join(f"{name} {value:,.0f}" if name == "chars/s" else f"{name} {value:.4f}" for name, value in values)
-            logging.info("step %d/%d: %s", step, self.total, figures)
+            logging.info("step %d/%s: %s", step, self.total or "?", figures)
 
 
 def save_checkpoint(run, states, step):

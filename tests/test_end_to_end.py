@@ -117,3 +117,24 @@ def test_bfloat16_training_follows_the_float32_curve(toy_corpus, tmp_path):
     assert curves["float32"][120] < curves["float32"][40] - 0.2  # it learned something to compare
     for step, loss in curves["float32"].items():
         assert abs(curves["bfloat16"][step] - loss) < 0.03, (step, loss, curves["bfloat16"][step])
+
+
+def test_output_to_a_file_is_plain_progress_lines(toy_corpus, tmp_path):
+    """Not a terminal (a log file, CI): one line per --log_every_n step, no progress-bar redraws."""
+    result = run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", tmp_path / "run", *TINY_MODEL,
+                        "--max_steps", 30, "--log_every_n", 10, "--eval_poems", 0)
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "\x1b" not in output
+    progress = re.findall(r"step (\d+)/30: loss [\d.]+", output)
+    assert progress == ["10", "20", "30"]
+
+
+def test_prose_samples_run_to_max_length_rather_than_four_lines(tmp_path):
+    corpus = tmp_path / "prose.txt"
+    corpus.write_text("".join(f"line {i % 7} of a play.\n" for i in range(800)), encoding="utf-8")
+    run_script("train.py", "--input", corpus, "--checkpoint_dir", tmp_path / "run", *TINY_MODEL, "--max_steps", 5,
+               "--eval_poems", 0)
+    config = json.load(open(tmp_path / "run" / "config.json", encoding="utf-8"))
+    assert config["corpus"]["clause_length"] is None
+    text = run_script("sample.py", "--checkpoint_dir", tmp_path / "run", "--max_length", 200).stdout
+    assert len(text.splitlines()) > 4 and len(text) <= 201

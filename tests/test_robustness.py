@@ -1,6 +1,7 @@
 """Bad input gets one clear error line, a non-zero exit, no traceback, and changes no file."""
 
 import gzip
+import json
 import os
 import shutil
 import signal
@@ -105,6 +106,34 @@ def test_windows_line_ends_and_bom_train_like_the_plain_text(tmp_path):
     assert vocab[0] == vocab[1] and "\\r" not in vocab[1] and "\ufeff" not in vocab[1]
 
 
+# --- quiet commands ---------------------------------------------------------------------------------
+
+# What TensorFlow's C++ start-up writes to stderr (CUDA stubs, oneDNN, CPU features, absl's warning).
+LIBRARY_CHATTER = ("absl::InitializeLog", "oneDNN", "cuda", "cuInit", "cpu_feature_guard", "This TensorFlow binary")
+
+
+@pytest.mark.parametrize("script, args", [
+    ("train.py", ["--input", "/nonexistent"]),
+    ("train.py", ["--batch_size", "0"]),
+    ("train.py", ["--no_such_flag"]),
+    ("sample.py", ["--checkpoint_dir", "/nonexistent"]),
+    ("sample.py", ["--top_p", "2"]),
+    ("evaluate.py", ["--checkpoint_dir", "/nonexistent", "--input", "/nonexistent"]),
+])
+def test_bad_input_prints_one_line_and_no_library_lines(script, args):
+    result = run_script(script, *args, check=False)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"{script}: error: ") and not result.stdout
+
+
+def test_sampling_shows_no_library_start_up_lines(finished_run):
+    result = run_script("sample.py", "--checkpoint_dir", finished_run[0])
+    assert not [line for line in result.stderr.splitlines() if any(word in line for word in LIBRARY_CHATTER)], result.stderr
+    verbose = run_script("sample.py", "--checkpoint_dir", finished_run[0], "--verbose")
+    assert any(word in verbose.stderr for word in LIBRARY_CHATTER)  # what --verbose brings back
+
+
 # --- flag values ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, value", [
@@ -149,6 +178,9 @@ def damage(run_dir, how):
         os.remove(run_dir / "vocab.json")
     elif how == "corrupt_vocab":
         (run_dir / "vocab.json").write_text('{"format": 1, "chars": 7}', encoding="utf-8")
+    elif how == "newer_format":
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        (run_dir / "config.json").write_text(json.dumps(config | {"format": 99}), encoding="utf-8")
     elif how == "truncated_checkpoint":
         for name in os.listdir(run_dir):
             if name.endswith(".data-00000-of-00001"):
@@ -163,6 +195,7 @@ DAMAGE = [
     ("corrupt_config", "corrupt"),
     ("no_vocab", "vocab.json"),
     ("corrupt_vocab", "corrupt"),
+    ("newer_format", "newer than this code"),
     ("truncated_checkpoint", "cannot load checkpoint"),
 ]
 
