@@ -13,6 +13,7 @@ import os
 from absl import app, flags
 
 import cli
+import metre
 import poem_metrics
 import read_utils
 import run_dir
@@ -84,9 +85,18 @@ def report_poems(run, path):
         "well_formed": f"well-formed lines ({scorer.clause_length}-character couplets)",
         "copy_rate": "clauses copied from the training text",
         "distinct_bigrams": "distinct character bigrams",
+        "rhyme": "of these, rhyming (even clauses in one 平水韵 level group)",
+        "tonal_pattern": "of these, following a standard tonal pattern",
     }
-    for name, value in scorer.score(poems).items():
+    scores = scorer.score(poems)
+    for name, value in scores.items():
+        if name == "rhyme":
+            metrical = sum(metre.clauses_of(poem) is not None for poem in poems)
+            print(f"poems that are 绝句 or 律诗: {metrical} of {len(poems)}")
         print(f"{labels[name]}: {value:.1%}")
+    if "rhyme" in scores:
+        real = ", ".join(f"{name} {rhyme:.1%}/{pattern:.1%}" for name, (rhyme, pattern) in poem_metrics.REAL_METRE.items())
+        print(f"real poems, rhyming/following a pattern: {real}")
 
 
 def training_text(record):

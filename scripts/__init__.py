@@ -1,0 +1,1 @@
+"""Maintenance scripts of the repository; run them from its root: python -m scripts.NAME."""
