@@ -306,8 +306,8 @@ def train_memory(size):
     return {"peak_rss_mb": figures["peak_rss_mb"], "chars_per_s": figures["chars_per_s"]}
 
 
-def generate_corpus(path, megabytes):
-    """A corpus of random twelve-character lines over 5,000 CJK ideographs, megabytes of UTF-8."""
+def generate_corpus(path, megabytes, alphabet=5000):
+    """A corpus of random twelve-character lines over `alphabet` CJK ideographs, megabytes of UTF-8."""
     import numpy as np
 
     import read_utils
@@ -317,7 +317,7 @@ def generate_corpus(path, megabytes):
     with open(path, "wb") as f:
         while f.tell() < megabytes * 1_000_000:
             block = np.full((lines, width + 1), read_utils.NEWLINE_CODE, np.uint32)
-            block[:, :width] = 0x4E00 + rng.integers(0, 5000, (lines, width))
+            block[:, :width] = 0x4E00 + rng.integers(0, alphabet, (lines, width))
             f.write(read_utils.text_of(block.ravel()).encode("utf-8"))
 
 
@@ -384,7 +384,7 @@ def train_process(size, steps=(200, 1700)):
     batch, seq_length = TRAIN_BATCH[size.name]
     with tempfile.TemporaryDirectory() as directory:
         corpus = os.path.join(directory, "corpus.txt")
-        generate_corpus(corpus, 2)
+        generate_corpus(corpus, 2, alphabet=VOCAB_SIZE - 2)  # with the line break and <unk>: the in-process vocabulary
         model = ["--lstm_size", size.lstm_size, "--num_layers", size.num_layers, "--embedding_size", size.embedding_size,
                  "--batch_size", batch, "--seq_length", seq_length, "--cache_dir", os.path.join(directory, "cache")]
         seconds = [run_entry_point("train.py", "--input", corpus, "--checkpoint_dir", os.path.join(directory, f"run{n}"),

@@ -8,6 +8,7 @@ stubs, oneDNN, CPU features, absl's pre-initialisation warning) stay off the ter
 
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
 
@@ -72,3 +73,13 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"{os.path.basename(argv[0])}: error: {e}; see --helpshort")
+
+
+def duration_seconds(text):
+    """Seconds in a duration such as "90s", "10m", "1h30m" or "600" (seconds); None if it is not one."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not text.strip() or not match:
+        return None
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    return total if total > 0 else None

@@ -9,7 +9,6 @@ are checked before TensorFlow starts; trainer.py holds the training itself.
 """
 
 import os
-import re
 import time
 import typing
 
@@ -72,21 +71,11 @@ flags.DEFINE_alias("num_seqs", "batch_size")
 flags.DEFINE_alias("num_steps", "seq_length")
 flags.DEFINE_float("train_keep_prob", None, "original name: keep probability, i.e. 1 - --dropout")
 flags.register_validator("dropout", lambda v: 0 <= v < 1, "--dropout must be in [0, 1)")
-flags.register_validator("time_budget", lambda v: v is None or duration_seconds(v) is not None,
+flags.register_validator("time_budget", lambda v: v is None or cli.duration_seconds(v) is not None,
                          "--time_budget must be a duration such as 90s, 10m or 1h30m")
 flags.register_validator("train_keep_prob", lambda v: v is None or 0 < v <= 1, "--train_keep_prob must be in (0, 1]")
 FLAGS = flags.FLAGS
 
-
-
-def duration_seconds(text):
-    """Seconds in a duration such as "90s", "10m", "1h30m" or "600" (seconds); None if it is not one."""
-    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
-    if not text.strip() or not match:
-        return None
-    hours, minutes, seconds = (float(part or 0) for part in match.groups())
-    total = 3600 * hours + 60 * minutes + seconds
-    return total if total > 0 else None
 
 
 def main(argv):
@@ -121,7 +110,7 @@ def check_inputs():
         FLAGS.max_steps = None  # decided after the warmup (trainer.decide_steps)
     corpus = FLAGS.input or read_utils.default_corpus_path()
     read_utils.check_text_file(corpus)  # before hashing it, for a clear error
-    budget = duration_seconds(FLAGS.time_budget) if FLAGS.time_budget else None
+    budget = cli.duration_seconds(FLAGS.time_budget) if FLAGS.time_budget else None
     return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus), STARTED, budget)
 
 

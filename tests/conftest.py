@@ -13,7 +13,8 @@ sys.path.insert(0, ROOT)
 CHARS = "春花秋月夜风山水云雨江天人日明白"
 
 # Tests that run the entry points as processes, or read a toy run that train.py trained first, carry
-# the mark "process"; `pytest -m "not process"` is the fast tier.
+# the mark "process" (these modules and fixtures, or the mark written on a test); `pytest -m "not
+# process"` is the fast tier.
 PROCESS_MODULES = {"test_robustness", "test_end_to_end", "test_tensorboard", "test_distribute"}
 PROCESS_FIXTURES = {"trained_run"}
 
