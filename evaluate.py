@@ -93,7 +93,8 @@ def training_text(checkpoint_dir):
         return None, f"the training corpus {path} is missing"
     if read_utils.sha256_of(path) != sha256:
         return None, f"the training corpus {path} has changed since training"
-    train_text, _ = read_utils.split_lines(read_utils.read_text(path), record["training"]["val_fraction"])
+    split = record["corpus"].get("split", read_utils.LINES)
+    train_text, _ = read_utils.split_text(read_utils.read_text(path), record["training"]["val_fraction"], split)
     return train_text, None
 
 

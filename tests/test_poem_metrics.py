@@ -82,7 +82,7 @@ def test_held_out_lines_of_the_real_corpus_match_the_design_yardsticks():
     path = next((p for p in REAL_CORPUS if os.path.isfile(p)), None)
     if path is None:
         pytest.skip("poetry.txt is not here")
-    train_text, val_text = read_utils.split_lines(read_utils.read_text(path), 0.05)
+    train_text, val_text = read_utils.split_text(read_utils.read_text(path), 0.05)
     scorer = pm.PoemScorer.from_training_text(train_text)
     assert scorer.clause_length == 5
     real = scorer.score([val_text])
