@@ -65,7 +65,8 @@ def report_loss(config, vocab, path):
 
 def report_poems(checkpoint_dir, config, vocab, path):
     """The poem metrics of --num_samples poems, sampled as training samples them for TensorBoard."""
-    sampler = monitor.PoemSampler(config, vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed)
+    records = generator.trained_on_records(checkpoint_dir)
+    sampler = monitor.PoemSampler(config, vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, records=records)
     poems = sampler.sample(path)
     train_text, missing = training_text(checkpoint_dir)
     if train_text is None:
@@ -74,7 +75,8 @@ def report_poems(checkpoint_dir, config, vocab, path):
         scorer = poem_metrics.PoemScorer(form)
     else:
         scorer = poem_metrics.PoemScorer.from_training_text(train_text)
-    print(f"poems sampled: {len(poems)} of {sampler.LINES} lines, temperature {FLAGS.temperature:g}, seed {FLAGS.seed}")
+    shape = "whole poems" if records else f"{sampler.LINES} lines"
+    print(f"poems sampled: {len(poems)} of {shape}, temperature {FLAGS.temperature:g}, seed {FLAGS.seed}")
     labels = {
         "well_formed": f"well-formed lines ({scorer.clause_length}-character couplets)",
         "copy_rate": "clauses copied from the training text",

@@ -46,7 +46,9 @@ flags.DEFINE_integer("warmup_steps", 100, "steps of linear learning-rate warmup"
 flags.DEFINE_float("min_lr_fraction", 0.05, "cosine decay ends at this fraction of the peak rate", lower_bound=0, upper_bound=1)
 flags.DEFINE_float("grad_clip", 5.0, "clip gradients to this global norm (0: no clipping)", lower_bound=0)
 flags.DEFINE_integer("max_vocab", 0, "keep only the most frequent characters (0: keep all)", lower_bound=0)
-flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]", lower_bound=0, upper_bound=0.5)
+flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]; whole records "
+                   "instead in a text of records separated by empty lines, such as tang's poems (read_utils.split_kind)",
+                   lower_bound=0, upper_bound=0.5)
 flags.DEFINE_integer("eval_every", 1300, "validate every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("save_every_n", 1300, "checkpoint every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("eval_poems", 8, "poems sampled from each checkpoint, shown and scored in TensorBoard (0: none)", lower_bound=0)
@@ -161,7 +163,7 @@ def train_with(strategy, scratch):
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
     projector = evaluator = sampler = None
     if chief:
-        record = run_config(config, corpus, corpus_sha256)
+        record = run_config(config, corpus, corpus_sha256, data.split)
         with writing(checkpoint_dir):
             vocab.save(vocab_path)
             read_utils.write_json_atomic(config_path, record)
@@ -173,7 +175,8 @@ def train_with(strategy, scratch):
             evaluator = model_lib.Evaluator(config, windows)
         if FLAGS.eval_poems:
             scorer = poem_metrics.PoemScorer.from_training_text(vocab.decode(data.train_ids[:SCORER_CHARS]))
-            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
+            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer,
+                                          records=data.split == read_utils.RECORDS)
     run = Run(strategy, net, optimizer, states, manager, projector)
     run_training(run, reader, evaluator, logdir if chief else None, sampler)
 
@@ -202,14 +205,17 @@ def make_optimizer():
     return model_lib.Adam(learning_rate=schedule)
 
 
-def run_config(config, corpus, corpus_sha256):
-    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps."""
+def run_config(config, corpus, corpus_sha256, split):
+    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps.
+
+    The corpus section also says how validation split it (read_utils.LINES or RECORDS).
+    """
     training = {k: FLAGS[k].value for k in READER_FLAGS + RECIPE_FLAGS}
     return {
         "format": CONFIG_FORMAT,
         "model": config.to_json(),
         "training": training,
-        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256},
+        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256, "split": split},
     }
 
 
