@@ -2,6 +2,7 @@
 metrics of poems sampled from it.
 
     python evaluate.py --name default --input data/poetry_val.txt
+    python evaluate.py --name tang --input tang   # a built-in corpus by name (all of it, training part included)
     python evaluate.py --name default --num_samples 64
 """
 
@@ -12,6 +13,7 @@ import os
 from absl import app, flags
 
 import cli
+import corpora
 import generator
 import model as model_lib
 import monitor
@@ -20,7 +22,7 @@ import read_utils
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (default: checkpoints/<name>)")
-flags.DEFINE_string("input", None, "UTF-8 text file to score")
+flags.DEFINE_string("input", None, "UTF-8 text file to score, or a built-in corpus: poetry or tang")
 flags.DEFINE_integer("seq_length", 256, "characters per evaluation window", lower_bound=1)
 flags.DEFINE_integer("num_streams", 16, "parallel streams the file is cut into", lower_bound=1)
 flags.DEFINE_integer("num_samples", 0, "sample this many poems and print their poem metrics", lower_bound=0)
@@ -50,7 +52,7 @@ def main(argv):
 
 
 def report_loss(config, vocab, path):
-    text = read_utils.read_text(FLAGS.input)
+    text = read_utils.read_text(corpora.resolve(FLAGS.input))
     ids = vocab.encode(text)
     windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
     evaluator = model_lib.Evaluator(config, windows)
@@ -90,12 +92,18 @@ def training_text(checkpoint_dir):
     """(the training part of the run's corpus, None), or (None, why it is unavailable)."""
     with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as f:
         record = json.load(f)
-    path, sha256 = record["corpus"]["path"], record["corpus"]["sha256"]
+    corpus = record["corpus"]
+    path, sha256 = corpus["path"], corpus["sha256"]
+    if corpus.get("name") and not os.path.isfile(path):  # a built-in corpus: prepared again where it is missing
+        try:
+            path = corpora.resolve(corpus["name"])
+        except read_utils.InputError as e:
+            return None, str(e)
     if not os.path.isfile(path):
         return None, f"the training corpus {path} is missing"
     if read_utils.sha256_of(path) != sha256:
         return None, f"the training corpus {path} has changed since training"
-    split = record["corpus"].get("split", read_utils.LINES)
+    split = corpus.get("split", read_utils.LINES)
     train_text, _ = read_utils.split_text(read_utils.read_text(path), record["training"]["val_fraction"], split)
     return train_text, None
 

@@ -14,14 +14,6 @@ import typing
 from fractions import Fraction
 
 import numpy as np
-import tensorflow as tf
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(HERE, "data")
-CORPUS_NAME = "poetry.txt"
-CORPUS_URL = "https://raw.githubusercontent.com/hzy46/Char-RNN-TensorFlow/master/data/poetry.txt"
-CORPUS_SHA256 = "ffc4d1112de038bc26cd0271ef3094fe9bae98e36c72537f4997959dec167154"
-DEFAULT_CORPUS = os.path.join(DATA_DIR, CORPUS_NAME)
 
 UNKNOWN = "<unk>"  # vocabulary entry 0; never a single character, so it cannot clash with one
 VOCAB_FORMAT = 1
@@ -48,28 +40,6 @@ def sha256_of(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def default_corpus_path():
-    """The Tang poetry corpus in data/, downloaded and checksummed on first use."""
-    if os.path.isfile(DEFAULT_CORPUS) and sha256_of(DEFAULT_CORPUS) == CORPUS_SHA256:
-        return DEFAULT_CORPUS
-    import keras  # only needed for the download
-
-    try:
-        return keras.utils.get_file(
-            fname=CORPUS_NAME,
-            origin=CORPUS_URL,
-            file_hash=CORPUS_SHA256,
-            hash_algorithm="sha256",
-            cache_dir=HERE,
-            cache_subdir="data",
-        )
-    except Exception as e:  # network errors come in many types; all mean the same to the user
-        raise InputError(
-            f"could not download the default corpus from {CORPUS_URL} ({e}); "
-            f"download it by hand to {DEFAULT_CORPUS} or pass --input FILE"
-        ) from None
 
 
 CHUNK_BYTES = 1 << 22  # the file is read, decoded and split this many bytes (4 MB) at a time
@@ -480,6 +450,8 @@ class StreamReader:
     def dataset(self, calls):
         """tf.data pipeline of the windows of each training call, prefetched; calls is an int array
         [number of calls, 2] of (first step, number of steps) (call_plan)."""
+        import tensorflow as tf  # here only, so that the corpus tools load without TensorFlow
+
         shape = [self.batch_size, None, self.seq_length]
 
         def windows(call):

@@ -1,6 +1,7 @@
 """Trains a character-level LSTM on a UTF-8 text file.
 
     python train.py                          # the Tang poetry corpus, default recipe (~3 min on 2 cores with AMX)
+    python train.py --input tang --name tang # the Complete Tang Poems, with titles: whole poems
     python train.py --input my.txt --name my # any UTF-8 text
     tensorboard --logdir checkpoints         # watch it learn
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 import cli
+import corpora
 import distribute
 import model as model_lib
 import monitor
@@ -29,7 +31,9 @@ import poem_metrics
 import read_utils
 
 # Flags first, as in every absl app. Defaults are the recipe measured in the README.
-flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the Tang poetry corpus in data/)")
+flags.DEFINE_string("input", None, "UTF-8 text file to learn from, or a built-in corpus downloaded on first use: "
+                    "poetry (the default: the original project's couplets) or tang (the Complete Tang Poems, with "
+                    "titles; its recipe in corpora.RECIPES sets the flags not given)")
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
@@ -117,8 +121,13 @@ def train_with(strategy, scratch):
     config_path = os.path.join(checkpoint_dir, "config.json")
     vocab_path = os.path.join(checkpoint_dir, "vocab.json")
     saved, saved_vocab = load_saved_run(config_path, vocab_path)
+    saved_name = saved and saved.get("corpus", {}).get("name")  # a resumed run keeps its built-in corpus
+    input_name = FLAGS.input or saved_name or corpora.DEFAULT
     if saved:
         adopt_saved_settings(saved)
+        recipe = saved.get("corpus", {}).get("recipe", {})
+    else:
+        recipe = apply_recipe(corpora.RECIPES.get(input_name, {}))
     if FLAGS.precision == "auto":  # config.json keeps the choice, so a resumed run keeps it too
         FLAGS.precision = model_lib.auto_precision()
     replicas = strategy.num_replicas_in_sync
@@ -126,7 +135,7 @@ def train_with(strategy, scratch):
         raise read_utils.InputError(
             f"--batch_size {FLAGS.batch_size} does not split evenly over {replicas} replicas; use a multiple of {replicas}"
         )
-    corpus = FLAGS.input or read_utils.default_corpus_path()
+    corpus = corpora.resolve(input_name, FLAGS.cache_dir)
     read_utils.check_text_file(corpus)  # before hashing it, for a clear error
     corpus_sha256 = read_utils.sha256_of(corpus)
     cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
@@ -135,9 +144,10 @@ def train_with(strategy, scratch):
     reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = model_lib.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in MODEL_FLAGS})
     logging.info(
-        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s), %s",
-        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", len(vocab), reader.windows_per_epoch, replicas,
-        FLAGS.precision,
+        "corpus %s: %s training and %s validation characters (whole %s held out), vocabulary %d, %d windows per epoch, "
+        "%d replica(s), %s",
+        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", data.split, len(vocab), reader.windows_per_epoch,
+        replicas, FLAGS.precision,
     )
 
     keras.utils.set_random_seed(FLAGS.seed)
@@ -163,7 +173,8 @@ def train_with(strategy, scratch):
         logging.warning("%s is not the corpus this run started on; training goes on with it", corpus)
     projector = evaluator = sampler = None
     if chief:
-        record = run_config(config, corpus, corpus_sha256, data.split)
+        name = input_name if input_name in corpora.NAMES else None
+        record = run_config(config, corpus, corpus_sha256, name, data.split, recipe)
         with writing(checkpoint_dir):
             vocab.save(vocab_path)
             read_utils.write_json_atomic(config_path, record)
@@ -205,17 +216,19 @@ def make_optimizer():
     return model_lib.Adam(learning_rate=schedule)
 
 
-def run_config(config, corpus, corpus_sha256, split):
+def run_config(config, corpus, corpus_sha256, name, split, recipe):
     """config.json: what sample.py and evaluate.py need, and what a resumed run keeps.
 
-    The corpus section also says how validation split it (read_utils.LINES or RECORDS).
+    The corpus section also holds its built-in name (None for a path), how validation split it
+    (read_utils.LINES or RECORDS) and the flags its recipe set.
     """
     training = {k: FLAGS[k].value for k in READER_FLAGS + RECIPE_FLAGS}
     return {
         "format": CONFIG_FORMAT,
         "model": config.to_json(),
         "training": training,
-        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256, "split": split},
+        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256, "name": name, "split": split,
+                   "recipe": recipe},
     }
 
 
@@ -355,7 +368,7 @@ def adopt_saved_settings(saved):
     for key in MODEL_FLAGS + READER_FLAGS + RECIPE_FLAGS:
         if key not in previous:
             continue
-        explicit = FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
+        explicit = given(key)
         if not explicit:
             FLAGS[key].value = previous[key]
         elif key not in RECIPE_FLAGS and FLAGS[key].value != previous[key]:
@@ -363,6 +376,20 @@ def adopt_saved_settings(saved):
                 f"--{key}={FLAGS[key].value} differs from the saved run's {previous[key]}; "
                 "drop the flag to resume, or start a new run with another --name"
             )
+
+
+def apply_recipe(recipe):
+    """Gives the flags that the command line leaves out the values of a built-in corpus' recipe
+    (corpora.RECIPES); returns the values it set, which config.json records."""
+    applied = {key: value for key, value in recipe.items() if not given(key)}
+    for key, value in applied.items():
+        FLAGS[key].value = value
+    return applied
+
+
+def given(key):
+    """True when the command line sets flag key (dropout also through --train_keep_prob)."""
+    return FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+import corpora
 import poem_metrics as pm
 import read_utils
 from conftest import ROOT
@@ -13,7 +14,7 @@ FIVE = (
     "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。\n"
 )
 SEVEN = "两个黄鹂鸣翠柳，一行白鹭上青天。\n窗含西岭千秋雪，门泊东吴万里船。\n"
-REAL_CORPUS = [read_utils.DEFAULT_CORPUS, os.path.join(ROOT, "..", "shared", "data", "poetry.txt")]
+REAL_CORPUS = [os.path.join(corpora.DATA_DIR, corpora.POETRY_FILE), os.path.join(ROOT, "..", "shared", "data", "poetry.txt")]
 
 
 def shuffled(text, seed=0):

@@ -119,6 +119,7 @@ def test_a_record_corpus_is_split_by_poems_and_config_json_says_so(record_run):
     run_dir, corpus = record_run
     record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     assert record["corpus"]["split"] == read_utils.RECORDS
+    assert record["corpus"]["name"] is None and record["corpus"]["recipe"] == {}
     assert generator.trained_on_records(str(run_dir))
 
 
