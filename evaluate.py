@@ -2,6 +2,7 @@
 metrics of poems sampled from it.
 
     python evaluate.py --name default --input data/poetry_val.txt
+    python evaluate.py --name tang --input tang   # a built-in corpus by name (all of it, training part included)
     python evaluate.py --name default --num_samples 64
 
 The run and the file are checked before TensorFlow starts; its modules are imported where used.
@@ -13,6 +14,7 @@ import os
 from absl import app, flags
 
 import cli
+import corpora
 import metre
 import poem_metrics
 import read_utils
@@ -20,7 +22,7 @@ import run_dir
 
 flags.DEFINE_string("name", "default", "run name: reads checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (default: checkpoints/<name>)")
-flags.DEFINE_string("input", None, "UTF-8 text file to score")
+flags.DEFINE_string("input", None, "UTF-8 text file to score, or a built-in corpus: poetry or tang")
 flags.DEFINE_integer("seq_length", 256, "characters per evaluation window", lower_bound=1)
 flags.DEFINE_integer("num_streams", 16, "parallel streams the file is cut into", lower_bound=1)
 flags.DEFINE_integer("num_samples", 0, "sample this many poems and print their poem metrics", lower_bound=0)
@@ -39,7 +41,7 @@ def main(argv):
     checkpoint_dir = run_dir.path_of(FLAGS.name, FLAGS.checkpoint_dir)
     try:
         run = run_dir.read_run(checkpoint_dir)
-        text = read_utils.read_text(FLAGS.input) if FLAGS.input else None
+        text = read_utils.read_text(corpora.resolve(FLAGS.input)) if FLAGS.input else None
         cli.import_tensorflow()
         path = run_dir.latest_checkpoint(checkpoint_dir)
         print(f"checkpoint: {path}")
@@ -71,7 +73,8 @@ def report_poems(run, path):
     """The poem metrics of --num_samples poems, sampled as training samples them for TensorBoard."""
     import monitor
 
-    sampler = monitor.PoemSampler(run.config, run.vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed)
+    records = run_dir.trained_on_records(run.record)
+    sampler = monitor.PoemSampler(run.config, run.vocab, FLAGS.num_samples, FLAGS.temperature, FLAGS.seed, records=records)
     poems = sampler.sample(path)
     train_text, missing = training_text(run.record)
     if train_text is None:
@@ -80,7 +83,8 @@ def report_poems(run, path):
         scorer = poem_metrics.PoemScorer(form)
     else:
         scorer = poem_metrics.PoemScorer.from_training_text(train_text)
-    print(f"poems sampled: {len(poems)} of {sampler.LINES} lines, temperature {FLAGS.temperature:g}, seed {FLAGS.seed}")
+    shape = "whole poems" if records else f"{sampler.LINES} lines"
+    print(f"poems sampled: {len(poems)} of {shape}, temperature {FLAGS.temperature:g}, seed {FLAGS.seed}")
     labels = {
         "well_formed": f"well-formed lines ({scorer.clause_length}-character couplets)",
         "copy_rate": "clauses copied from the training text",
@@ -102,12 +106,19 @@ def report_poems(run, path):
 def training_text(record):
     """(the training part of the run's corpus, None), or (None, why it is unavailable); record is
     the run's config.json."""
-    path, sha256 = record["corpus"]["path"], record["corpus"]["sha256"]
+    corpus = record["corpus"]
+    path, sha256 = corpus["path"], corpus["sha256"]
+    if corpus.get("name") and not os.path.isfile(path):  # a built-in corpus: prepared again where it is missing
+        try:
+            path = corpora.resolve(corpus["name"])
+        except read_utils.InputError as e:
+            return None, str(e)
     if not os.path.isfile(path):
         return None, f"the training corpus {path} is missing"
     if read_utils.sha256_of(path) != sha256:
         return None, f"the training corpus {path} has changed since training"
-    train_text, _ = read_utils.split_lines(read_utils.read_text(path), record["training"]["val_fraction"])
+    split = corpus.get("split", read_utils.LINES)
+    train_text, _ = read_utils.split_text(read_utils.read_text(path), record["training"]["val_fraction"], split)
     return train_text, None
 
 

@@ -5,9 +5,10 @@ by hand (CharStep), so the whole generation loop - LSTM steps, masks, sampling, 
 with XLA into one program: a loop of stock Keras cells pays TensorFlow's per-op dispatch at every
 character (docs/DESIGN.md).
 
-Each stream first writes a throwaway burn-in line, then follows a plan of slots: fixed characters
-(the start string; a form's punctuation and line breaks; an acrostic's heads) and sampled ones,
-masked to what their slot allows.
+Each stream first writes a throwaway burn-in line (on a corpus of records, such as tang's poems,
+up to an empty line, so that a sample is a whole poem), then follows a plan of slots: fixed
+characters (a title; the start string; a form's punctuation and line breaks; an acrostic's heads)
+and sampled ones, masked to what their slot allows.
 """
 
 import math
@@ -293,15 +294,19 @@ def choose(logits, uniform, temperature, top_k, top_p):
 # --- the compiled loop -----------------------------------------------------------------------------
 
 @tf.function(jit_compile=True)
-def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in,
-                    temperature, top_k, top_p):
-    """(ids [n, steps], first kept step [n], kept characters [n]) of n streams.
+def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in, records,
+                    model_title, temperature, top_k, top_p):
+    """(ids [n, steps], first shown step [n], first kept step [n], kept characters [n]) of n streams.
 
-    A stream samples freely from the zero state until its first line break (or burn_in steps);
-    from the next character on it is kept: kept character k is forced[k] where that is >= 0, else
-    sampled under masks[classes[k]]. It stops after `length` kept characters or `max_lines` line
-    breaks (0: no line limit). temperature, top_k, top_p as in choose(). Module-level, so every
-    generator of the same shapes and decoding shares one compiled program.
+    A stream samples freely from the zero state until its first line break or, on a record corpus
+    (records), its first empty line, and then, if the model writes the title (model_title), the
+    line break that ends it; or until burn_in steps. From the next character on it is kept: kept
+    character k is forced[k] where that is >= 0, else sampled under masks[classes[k]]. It stops
+    after `length` kept characters, after `max_lines` line breaks (0: no line limit) or, on a
+    record corpus, at an empty line. The text shown starts with the kept text, or with the title
+    the model writes. temperature, top_k, top_p as in choose(). Module-level, so every generator
+    of the same shapes and decoding shares one compiled program; records and model_title are
+    Python booleans, compiled into it.
     """
     steps, n = uniforms.shape
     last_slot = forced.shape[0] - 1  # the plan's padding entry: free, nothing forced
@@ -312,6 +317,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     out = tf.TensorArray(tf.int32, size=steps, element_shape=[n])
     started = tf.fill([n], burn_in == 0)
     first = tf.zeros([n], tf.int32)
+    shown = tf.zeros([n], tf.int32)
+    after_blank = tf.zeros([n], tf.bool)  # the burn-in has written an empty line
     kept = tf.zeros([n], tf.int32)
     lines = tf.zeros([n], tf.int32)
     done = tf.zeros([n], tf.bool)
@@ -328,16 +335,26 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         next_ids = tf.where(fixed >= 0, fixed, sampled)
         out = out.write(t, next_ids)
         is_newline = tf.equal(next_ids, newline)
+        empty_line = is_newline & tf.equal(ids, newline)  # ids: the previous character
         keeping = started & ~done
         kept += tf.cast(keeping, tf.int32)
         lines += tf.cast(keeping & is_newline, tf.int32)
-        done |= keeping & ((kept >= length) | ((max_lines > 0) & (lines >= max_lines)))
-        starting = ~started & (is_newline | (t + 1 >= burn_in))
+        ends = (kept >= length) | ((max_lines > 0) & (lines >= max_lines))
+        line_start = is_newline
+        if records:
+            ends |= empty_line & (kept >= 2)  # a record ends at its empty line (the break before it kept too)
+            line_start = is_newline & after_blank if model_title else empty_line
+            reaches_blank = ~started & ~after_blank & empty_line
+            shown = tf.where(reaches_blank, t + 1, shown)
+            after_blank |= reaches_blank
+        done |= keeping & ends
+        starting = ~started & (line_start | (t + 1 >= burn_in))
         first = tf.where(starting, t + 1, first)
+        shown = tf.where(starting & ~after_blank, t + 1, shown)
         started |= starting
         ids = next_ids
         t += 1
-    return tf.transpose(out.stack()), first, kept
+    return tf.transpose(out.stack()), shown, first, kept
 
 
 class Generator:
@@ -346,12 +363,15 @@ class Generator:
     A stream first writes one throwaway line (the burn-in): a model trained on long streams
     rarely saw the all-zero state it starts from, and its first line from there is often
     malformed. From the burn-in's line break on, the stream is at a natural line start and
-    follows its plan (see generate).
+    follows its plan (see generate). With records (a model trained on records separated by empty
+    lines, such as tang's poems: read_utils.RECORDS) the burn-in runs to an empty line, so that a
+    sample is a whole record, title line first, and it ends at its own empty line.
     """
 
     BURN_IN_LIMIT = 100  # a stream that writes no line break by then starts anyway
+    RECORD_BURN_IN_LIMIT = 400  # with records: room for the rest of a poem and a title
 
-    def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned=""):
+    def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned="", records=False):
         check_seen(vocab, {"--ban": banned})
         net = model_lib.build_model(config)
         restore_weights(net, checkpoint_path)
@@ -363,10 +383,11 @@ class Generator:
         if not np.isfinite(self.masks[FREE].numpy()).any():
             raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
-        self.burn_in = self.BURN_IN_LIMIT if self.newline else 0
+        self.records = records
+        self.burn_in = (self.RECORD_BURN_IN_LIMIT if records else self.BURN_IN_LIMIT) if self.newline else 0
 
     def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 form=None, acrostic=""):
+                 form=None, acrostic="", title=""):
         """num_streams texts that begin with prompt; the same seed gives the same texts.
 
         Free text stops after max_lines line breaks (0: no limit) or max_length characters, cut
@@ -374,19 +395,25 @@ class Generator:
         each text is one poem of that form, whose clause k begins with acrostic[k]; an acrostic
         alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
         do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
+        With records, a text is one record that ends at its empty line (max_lines does not apply):
+        the title line, given (title) or written by the model, then the prompt or poem.
         """
-        check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic})
+        check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic, "the title": title})
+        head = self.title_slots(title)
         poem = bool(form or acrostic)
         if poem:
             form = poem_forms.find_form(form) if form else poem_forms.form_for_acrostic(acrostic)
-            slots = poem_forms.template(form, acrostic, prompt)
+            slots = head + poem_forms.template(form, acrostic, prompt)
             length, max_lines = len(slots), 0
         else:
-            slots, length = list(prompt), max(max_length, len(prompt))
+            slots = head + list(prompt)
+            length = max(max_length, len(slots))
+        if self.records:
+            max_lines = 0
         room = bucket(length)  # few distinct shapes, so few compilations
         forced, classes = self.plan_arrays(slots, room)
         steps = self.burn_in + room
-        ids, first, kept = generation_loop(
+        ids, shown, first, kept = generation_loop(
             self.step,
             self.masks,
             tf.constant(forced),
@@ -396,11 +423,29 @@ class Generator:
             tf.constant(max_lines),
             tf.constant(self.newline),
             tf.constant(self.burn_in),
+            self.records,
+            self.records and not title,
             *decoding_args(temperature, top_k, top_p, len(self.vocab)),
         )
-        rows = zip(ids.numpy(), first.numpy(), kept.numpy())
-        texts = [self.vocab.decode(row[start : start + count]) for row, start, count in rows]
-        return texts if poem else [whole_lines(text, len(prompt)) for text in texts]
+        rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept.numpy()))
+        texts = [self.vocab.decode(row[start : begin + count]) for row, start, begin, count in rows]
+        if poem:
+            return texts
+        # The model's title and the given slots stay, whatever whole_lines cuts.
+        return [whole_lines(text, begin - start + len(slots)) for text, (_, start, begin, _) in zip(texts, rows)]
+
+    def title_slots(self, title):
+        """The slots of a title line: its characters and a line break; none without a title."""
+        if not title:
+            return []
+        if not self.records:
+            raise read_utils.InputError(
+                "a title needs a model trained on titled poems separated by empty lines (train.py --input tang); "
+                "this run's corpus has none: leave out the title"
+            )
+        if NEWLINE in title:
+            raise read_utils.InputError("a title is one line: leave out its line breaks")
+        return list(title) + [NEWLINE]
 
     def plan_arrays(self, slots, room):
         """(forced ids, mask rows) for room + 1 kept characters: the slots, then free ones."""
@@ -419,7 +464,9 @@ class Generator:
 
     def fixed_id(self, char):
         if char in self.banned:
-            raise read_utils.InputError(f"{char!r} is banned (--ban) but the start string, acrostic or form needs it")
+            raise read_utils.InputError(
+                f"{char!r} is banned (--ban) but the title, start string, acrostic or form needs it"
+            )
         if not self.vocab.id_of(char):
             raise read_utils.InputError(
                 f"the model's vocabulary has no {char!r}; poem forms need a model trained on poems written "

@@ -83,12 +83,13 @@ class PoemSampler:
     after each save.
     """
 
-    LINES = 4  # a quatrain
+    LINES = 4  # a quatrain (with records, a sample ends with its poem instead)
     MAX_LENGTH = 200  # characters: room for a quatrain of either form; stops a model without lines
     START_STRING = ""  # the model begins where it likes, which is also what the copy rate should judge
 
-    def __init__(self, config, vocab, num_poems, temperature, seed, scorer=None):
+    def __init__(self, config, vocab, num_poems, temperature, seed, scorer=None, records=False):
         self.config = config
+        self.records = records  # a corpus of records (tang's poems): a sample is a whole poem, title first
         self.vocab = vocab
         self.num_poems = num_poems
         self.temperature = temperature
@@ -96,7 +97,7 @@ class PoemSampler:
         self.scorer = scorer
 
     def sample(self, checkpoint_path):
-        gen = generator.Generator(self.config, self.vocab, checkpoint_path, self.num_poems)
+        gen = generator.Generator(self.config, self.vocab, checkpoint_path, self.num_poems, records=self.records)
         return gen.generate(
             self.START_STRING, self.MAX_LENGTH, max_lines=self.LINES, temperature=self.temperature, seed=self.seed
         )

@@ -15,13 +15,6 @@ from fractions import Fraction
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(HERE, "data")
-CORPUS_NAME = "poetry.txt"
-CORPUS_URL = "https://raw.githubusercontent.com/hzy46/Char-RNN-TensorFlow/master/data/poetry.txt"
-CORPUS_SHA256 = "ffc4d1112de038bc26cd0271ef3094fe9bae98e36c72537f4997959dec167154"
-DEFAULT_CORPUS = os.path.join(DATA_DIR, CORPUS_NAME)
-
 UNKNOWN = "<unk>"  # vocabulary entry 0; never a single character, so it cannot clash with one
 VOCAB_FORMAT = 1
 
@@ -47,28 +40,6 @@ def sha256_of(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def default_corpus_path():
-    """The Tang poetry corpus in data/, downloaded and checksummed on first use."""
-    if os.path.isfile(DEFAULT_CORPUS) and sha256_of(DEFAULT_CORPUS) == CORPUS_SHA256:
-        return DEFAULT_CORPUS
-    import keras  # only needed for the download
-
-    try:
-        return keras.utils.get_file(
-            fname=CORPUS_NAME,
-            origin=CORPUS_URL,
-            file_hash=CORPUS_SHA256,
-            hash_algorithm="sha256",
-            cache_dir=HERE,
-            cache_subdir="data",
-        )
-    except Exception as e:  # network errors come in many types; all mean the same to the user
-        raise InputError(
-            f"could not download the default corpus from {CORPUS_URL} ({e}); "
-            f"download it by hand to {DEFAULT_CORPUS} or pass --input FILE"
-        ) from None
 
 
 CHUNK_BYTES = 1 << 22  # the file is read, decoded and split this many bytes (4 MB) at a time
@@ -156,16 +127,34 @@ def text_of(cps):
     return np.ascontiguousarray(cps, dtype=np.uint32).tobytes().decode("utf-32-le")
 
 
-class LineSplit:
-    """Which characters belong to held-out lines, decided piece by piece over a stream of text.
+NEWLINE_CODE = ord("\n")
+UNICODE_SIZE = 0x110000  # code points run from 0 to 0x10FFFF
 
-    Line n (1-based) is held out when n*f crosses an integer: with f = 0.05 that is lines 20, 40,
-    60, ...: one line in 20, spread over the whole file. A line's break belongs to the line.
-    """
+
+LINES, RECORDS = "lines", "records"  # how a corpus is split for validation (split_kind)
+RECORD_MAX_LINES = 50  # a text is a corpus of records when they average at most this many lines
+
+
+class HeldOutIndex:
+    """Which numbered units (lines or records, from 1) are held out: unit n when n*f crosses an
+    integer, so with f = 0.05 units 20, 40, 60, ...: one in 20, spread over the whole text."""
 
     def __init__(self, val_fraction):
         f = Fraction(val_fraction).limit_denominator(1_000_000)
         self.num, self.den = f.numerator, f.denominator
+
+    def held(self, index):
+        return (index * self.num) // self.den > ((index - 1) * self.num) // self.den
+
+
+class LineSplit(HeldOutIndex):
+    """Which characters belong to held-out lines, decided piece by piece over a stream of text.
+
+    A line's break belongs to the line.
+    """
+
+    def __init__(self, val_fraction):
+        super().__init__(val_fraction)
         self.lines_before = 0  # line breaks in the pieces seen so far
 
     def held_out(self, cps):
@@ -173,19 +162,60 @@ class LineSplit:
         breaks = cps == NEWLINE_CODE
         line = self.lines_before + 1 + np.cumsum(breaks) - breaks
         self.lines_before += int(breaks.sum())
-        return (line * self.num) // self.den > ((line - 1) * self.num) // self.den
+        return self.held(line)
 
 
-NEWLINE_CODE = ord("\n")
-UNICODE_SIZE = 0x110000  # code points run from 0 to 0x10FFFF
+class RecordSplit(HeldOutIndex):
+    """Which characters belong to held-out records, decided piece by piece over a stream of text.
+
+    A record is a run of lines ended by one or more empty lines, which belong to it: a poem of
+    the tang corpus with its title and the empty line after it. A record starts at the first
+    character after an empty line that is not a line break; empty lines before the first record
+    belong to it.
+    """
+
+    def __init__(self, val_fraction):
+        super().__init__(val_fraction)
+        self.records = 0  # records started in the pieces seen so far
+        self.last_two_breaks = np.array([True, True])  # the text begins as if after an empty line
+
+    def record_numbers(self, cps):
+        """The record number (from 1) of every code point of the next piece."""
+        breaks = np.concatenate([self.last_two_breaks, cps == NEWLINE_CODE])
+        starts = ~breaks[2:] & breaks[1:-1] & breaks[:-2]
+        numbers = np.maximum(self.records + np.cumsum(starts), 1)
+        self.records += int(starts.sum())
+        self.last_two_breaks = breaks[-2:]
+        return numbers
+
+    def held_out(self, cps):
+        """A boolean mask over the code points of the next piece: True for held-out characters."""
+        return self.held(self.record_numbers(cps))
 
 
-def split_lines(text, val_fraction):
-    """(train_text, val_text) of whole lines (see LineSplit); every line ends in a line break."""
+SPLITS = {LINES: LineSplit, RECORDS: RecordSplit}
+
+
+def split_kind(path):
+    """RECORDS when empty lines divide the file into records of at most RECORD_MAX_LINES lines on
+    average (poems separated by empty lines, paragraphs), else LINES (poetry.txt: no empty lines;
+    a long text with a few stray ones). An empty line has nothing between its two line breaks.
+    Validation holds out whole records or whole lines accordingly."""
+    counter, lines = RecordSplit(0), 0
+    for piece in text_chunks(path):
+        cps = codepoints(piece)
+        counter.record_numbers(cps)
+        lines += int((cps == NEWLINE_CODE).sum())
+    return RECORDS if counter.records >= 2 and lines <= RECORD_MAX_LINES * counter.records else LINES
+
+
+def split_text(text, val_fraction, kind=LINES):
+    """(train_text, val_text) of whole lines or whole records (kind, see split_kind); every line
+    ends in a line break."""
     if text and not text.endswith("\n"):
         text += "\n"
     cps = codepoints(text)
-    held = LineSplit(val_fraction).held_out(cps)
+    held = SPLITS[kind](val_fraction).held_out(cps)
     return text_of(cps[~held]), text_of(cps[held])
 
 
@@ -276,6 +306,7 @@ class Corpus(typing.NamedTuple):
     val_ids: np.ndarray
     counts: np.ndarray  # occurrences of each id in the training ids
     unseen: list  # training characters outside a given vocabulary (always empty for a built one)
+    split: str  # LINES or RECORDS: what validation holds out (split_kind)
 
 
 CACHE_FORMAT = 1
@@ -285,14 +316,15 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
     """The Corpus of a text file, encoded once into cache_dir and memory-mapped from there.
 
     The cache is reused while the file (by its sha256), the split and the vocabulary stay the
-    same, and rebuilt otherwise. Encoding reads the file once, in pieces: each piece is split into
-    training and held-out lines, their code points go to temporary files and the training ones are
-    counted; then the vocabulary is built from the counts (unless one is given) and the code points
-    are mapped to ids. Memory stays flat whatever the file's size.
+    same, and rebuilt otherwise. Encoding reads the file once to choose the split (split_kind) and
+    once more in pieces: each piece is split into training and held-out lines or records, their
+    code points go to temporary files and the training ones are counted; then the vocabulary is
+    built from the counts (unless one is given) and the code points are mapped to ids. Memory
+    stays flat whatever the file's size.
     """
     sha256 = sha256 or sha256_of(path)
     key = {"format": CACHE_FORMAT, "corpus_sha256": sha256, "val_fraction": val_fraction,
-           "max_vocab": max_vocab, "given_vocab": vocab is not None}
+           "split": split_kind(path), "max_vocab": max_vocab, "given_vocab": vocab is not None}
     cached = load_cached_corpus(cache_dir, key, vocab)
     if cached:
         return cached
@@ -301,7 +333,7 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
     if os.path.exists(meta_path):
         os.remove(meta_path)  # the files are about to change: never leave a key that does not match them
     try:
-        counts_by_code = split_code_points(path, val_fraction, cache_dir)
+        counts_by_code = split_code_points(path, val_fraction, cache_dir, key["split"])
         if vocab is None:
             codes = np.flatnonzero(counts_by_code)
             vocab = Vocab.from_counts(codes, counts_by_code[codes], max_vocab)
@@ -319,11 +351,12 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
     return load_cached_corpus(cache_dir, key, vocab)
 
 
-def split_code_points(path, val_fraction, out_dir):
+def split_code_points(path, val_fraction, out_dir, kind):
     """Streams the file into out_dir/train.cp and val.cp (raw uint32 code points, every line
-    ending in a line break); returns how often each code point occurs in the training lines."""
+    ending in a line break), holding out lines or records (kind); returns how often each code
+    point occurs in the training text."""
     counts = np.zeros(UNICODE_SIZE, np.int64)
-    split = LineSplit(val_fraction)
+    split = SPLITS[kind](val_fraction)
     has_text, last = False, "\n"
     with open(os.path.join(out_dir, "train.cp"), "wb") as train, open(os.path.join(out_dir, "val.cp"), "wb") as val:
 
@@ -369,7 +402,7 @@ def load_cached_corpus(cache_dir, key, vocab=None):
             return None
         train_ids, val_ids = (np.load(os.path.join(cache_dir, f"{part}.npy"), mmap_mode="r") for part in ("train", "val"))
         counts = np.load(os.path.join(cache_dir, "counts.npy"))
-        return Corpus(cached_vocab, train_ids, val_ids, counts, meta["unseen"])
+        return Corpus(cached_vocab, train_ids, val_ids, counts, meta["unseen"], key["split"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or damaged: encode again
 

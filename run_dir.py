@@ -117,6 +117,12 @@ def is_poem_corpus(record):
     return record.get("corpus", {}).get("clause_length", 5) is not None
 
 
+def trained_on_records(record):
+    """True when the run's corpus is made of records separated by empty lines (read_utils.RECORDS),
+    as config.json (record) says; runs from before records were known are not."""
+    return record.get("corpus", {}).get("split") == read_utils.RECORDS
+
+
 def latest_checkpoint(checkpoint_dir):
     """The path of the run's newest checkpoint (TensorFlow must be imported by then)."""
     import tensorflow as tf

@@ -5,11 +5,13 @@
     python sample.py --form qijue                 # a 七言绝句: two lines of two seven-character clauses
     python sample.py --acrostic 春夏秋冬           # clause k begins with the k-th character (五言绝句)
     python sample.py --form wulv --acrostic 春夏秋冬 --start_string 春风
+    python sample.py --name tang --title 春晓        # a run trained with --input tang: a poem of that title
 
 All samples are generated together, in one compiled loop over --num_samples streams.
 
-Every model setting comes from the run's config.json; no model flag is repeated here. The run is
-checked before TensorFlow starts.
+Every model setting comes from the run's config.json; no model flag is repeated here, nor the
+corpus: a run trained on a corpus of records (--input tang: poems separated by empty lines) writes
+whole poems, title line first, each ending with its poem. The run is checked before TensorFlow starts.
 """
 
 from absl import app, flags
@@ -25,12 +27,15 @@ flags.DEFINE_string("start_string", "", "text that primes the model and begins e
 flags.DEFINE_integer("max_length", 300, "most characters per sample, cut back to whole lines (no effect on --form)",
                      lower_bound=1)
 flags.DEFINE_integer("max_lines", None, "stop a sample after this many lines (0: only --max_length; no effect on "
-                     "--form); default: 4 on a poem corpus, 0 on other text", lower_bound=0)
+                     "--form, nor on a run trained on poems separated by empty lines, whose samples end with their "
+                     "poem); default: 4 on a poem corpus, 0 on other text", lower_bound=0)
 flags.DEFINE_enum("form", None, poem_forms.FORM_NAMES,
                   "write one poem of this fixed form per sample, always well-formed: 五言绝句 (wujue), 五言律诗 "
                   "(wulv), 七言绝句 (qijue) or 七言律诗 (qilv), one couplet XXXXX，XXXXX。 per line")
 flags.DEFINE_string("acrostic", "", "acrostic poem (藏头诗): clause k begins with the k-th character; without "
                     "--form, a 五言绝句 for up to 4 characters, a 五言律诗 for up to 8")
+flags.DEFINE_string("title", "", "the poem's title, written as its first line, then the poem (free, --form or "
+                    "--acrostic); only for a run trained on titled poems (--input tang). Empty: the model writes one")
 flags.DEFINE_integer("num_samples", 1, "samples generated together in one batch", lower_bound=1)
 flags.DEFINE_float("temperature", 0.8, "sampling temperature; 0 is greedy", lower_bound=0)
 flags.DEFINE_integer("top_k", 0, "sample only from the k most likely characters (0: all)", lower_bound=0)
@@ -64,7 +69,7 @@ def main(argv):
         import generator  # TensorFlow's side, once the run is known to be good
 
         gen = generator.Generator(run.config, run.vocab, run_dir.latest_checkpoint(checkpoint_dir), FLAGS.num_samples,
-                                  banned=FLAGS.ban)
+                                  banned=FLAGS.ban, records=run_dir.trained_on_records(run.record))
         texts = gen.generate(
             FLAGS.start_string,
             max_length=FLAGS.max_length,
@@ -75,6 +80,7 @@ def main(argv):
             seed=FLAGS.seed,
             form=FLAGS.form,
             acrostic=FLAGS.acrostic,
+            title=FLAGS.title,
         )
     except read_utils.InputError as e:
         cli.fail(e)

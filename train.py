@@ -1,6 +1,7 @@
 """Trains a character-level LSTM on a UTF-8 text file.
 
     python train.py                          # the original project's poetry corpus, default recipe
+    python train.py --input tang --name tang # the Complete Tang Poems, with titles: whole poems
     python train.py --input my.txt --name my # any UTF-8 text
     tensorboard --logdir checkpoints         # watch it learn
 
@@ -17,6 +18,7 @@ STARTED = time.perf_counter()  # --time_budget counts from here: start-up is par
 from absl import app, flags
 
 import cli
+import corpora
 import read_utils
 import run_dir
 import tuning
@@ -24,7 +26,9 @@ import tuning
 # Flags first, as in every absl app. Defaults are the recipe in docs/PERFORMANCE.md; the model's
 # come from run_dir.ModelConfig, so the two cannot disagree.
 default = run_dir.model_default
-flags.DEFINE_string("input", None, "UTF-8 text file to learn from (default: the original project's poetry.txt in data/)")
+flags.DEFINE_string("input", None, "UTF-8 text file to learn from, or a built-in corpus downloaded on first use: "
+                    "poetry (the default: the original project's couplets) or tang (the Complete Tang Poems, with "
+                    "titles; its recipe in corpora.RECIPES sets the flags not given)")
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
@@ -46,7 +50,9 @@ flags.DEFINE_integer("warmup_steps", 100, "steps of linear learning-rate warmup"
 flags.DEFINE_float("min_lr_fraction", 0.05, "cosine decay ends at this fraction of the peak rate", lower_bound=0, upper_bound=1)
 flags.DEFINE_float("grad_clip", 5.0, "clip gradients to this global norm (0: no clipping)", lower_bound=0)
 flags.DEFINE_integer("max_vocab", 0, "keep only the most frequent characters (0: keep all)", lower_bound=0)
-flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]", lower_bound=0, upper_bound=0.5)
+flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]; whole records "
+                   "instead in a text of records separated by empty lines, such as tang's poems (read_utils.split_kind)",
+                   lower_bound=0, upper_bound=0.5)
 flags.DEFINE_integer("eval_every", 1300, "validate every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("save_every_n", 1300, "checkpoint every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("eval_poems", 8, "poems sampled from each checkpoint, shown and scored in TensorBoard (0: none)", lower_bound=0)
@@ -104,14 +110,20 @@ def check_inputs():
         # Both would keep a "checkpoint" file there: the run's and the projector's embedding's.
         raise read_utils.InputError(f"--logdir {logdir} is the checkpoint directory; leave it out to log to {checkpoint_dir}/logs")
     saved = saved_run(checkpoint_dir)
+    saved_corpus = saved.record.get("corpus", {}) if saved else {}
+    input_name = FLAGS.input or saved_corpus.get("name") or corpora.DEFAULT  # a resumed run keeps its built-in corpus
     if saved:
         adopt_saved_settings(saved.record)
+        recipe = saved_corpus.get("recipe", {})
+    else:
+        recipe = apply_recipe(corpora.RECIPES.get(input_name, {}))
     if FLAGS.time_budget and not FLAGS["max_steps"].present and not (saved and saved.record["training"].get("max_steps")):
         FLAGS.max_steps = None  # decided after the warmup (trainer.decide_steps)
-    corpus = FLAGS.input or read_utils.default_corpus_path()
+    corpus = corpora.resolve(input_name, FLAGS.cache_dir)
     read_utils.check_text_file(corpus)  # before hashing it, for a clear error
     budget = cli.duration_seconds(FLAGS.time_budget) if FLAGS.time_budget else None
-    return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus), STARTED, budget)
+    name = input_name if input_name in corpora.NAMES else None
+    return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus), name, recipe, STARTED, budget)
 
 
 class Inputs(typing.NamedTuple):
@@ -120,6 +132,8 @@ class Inputs(typing.NamedTuple):
     saved: run_dir.Run | None  # the run being resumed, or None for a new one
     corpus: str  # the text file's path
     corpus_sha256: str
+    corpus_name: str | None  # the built-in corpus' name (corpora.NAMES), None for a path
+    recipe: dict  # the flags its recipe set (corpora.RECIPES), as config.json records them
     started: float  # time.perf_counter() when train.py started
     budget_seconds: float | None  # --time_budget in seconds
 
@@ -151,7 +165,7 @@ def adopt_saved_settings(saved):
     for key in run_dir.MODEL_FLAGS + run_dir.READER_FLAGS + run_dir.RECIPE_FLAGS:
         if key not in previous:
             continue
-        explicit = FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
+        explicit = given(key)
         if not explicit:
             FLAGS[key].value = previous[key]
         elif key not in run_dir.RECIPE_FLAGS and FLAGS[key].value != previous[key]:
@@ -159,6 +173,20 @@ def adopt_saved_settings(saved):
                 f"--{key}={FLAGS[key].value} differs from the saved run's {previous[key]}; "
                 "drop the flag to resume, or start a new run with another --name"
             )
+
+
+def apply_recipe(recipe):
+    """Gives the flags that the command line leaves out the values of a built-in corpus' recipe
+    (corpora.RECIPES); returns the values it set, which config.json records."""
+    applied = {key: value for key, value in recipe.items() if not given(key)}
+    for key, value in applied.items():
+        FLAGS[key].value = value
+    return applied
+
+
+def given(key):
+    """True when the command line sets flag key (dropout also through --train_keep_prob)."""
+    return FLAGS[key].present or (key == "dropout" and FLAGS["train_keep_prob"].present)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def train(inputs):
 def train_with(strategy, inputs, scratch):
     """Training under a strategy; scratch is None for the chief, which alone keeps what it writes."""
     chief = scratch is None
-    checkpoint_dir, logdir, saved, corpus, corpus_sha256, started, budget_seconds = inputs
+    checkpoint_dir, logdir, saved, corpus, corpus_sha256, corpus_name, recipe, started, budget_seconds = inputs
     saved_vocab = saved.vocab if saved else None
     cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
     data = load_corpus(corpus, saved_vocab, corpus_sha256, cache_dir)
@@ -63,8 +63,9 @@ def train_with(strategy, inputs, scratch):
     reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = run_dir.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in run_dir.MODEL_FLAGS})
     logging.info(
-        "corpus %s: %s training and %s validation characters, vocabulary %d, %d windows per epoch, %d replica(s), %s",
-        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", len(vocab), reader.windows_per_epoch,
+        "corpus %s: %s training and %s validation characters (whole %s held out), vocabulary %d, %d windows per epoch, "
+        "%d replica(s), %s",
+        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", data.split, len(vocab), reader.windows_per_epoch,
         strategy.num_replicas_in_sync, FLAGS.precision,
     )
 
@@ -94,7 +95,9 @@ def train_with(strategy, inputs, scratch):
     if chief:
         # Whether the corpus is poetry, and in which form, goes to config.json (sample.py's line limit).
         scorer = poem_metrics.PoemScorer.from_training_text(vocab.decode(data.train_ids[:SCORER_CHARS]))
-        record = run_config(config, corpus, corpus_sha256, scorer.clause_length)
+        corpus_record = {"path": os.path.abspath(corpus), "sha256": corpus_sha256, "name": corpus_name,
+                         "split": data.split, "recipe": recipe, "clause_length": scorer.clause_length}
+        record = run_config(config, corpus_record)
         with writing(checkpoint_dir):
             vocab.save(os.path.join(checkpoint_dir, "vocab.json"))
             read_utils.write_json_atomic(os.path.join(checkpoint_dir, "config.json"), record)
@@ -105,7 +108,8 @@ def train_with(strategy, inputs, scratch):
             windows = read_utils.EvalWindows(data.val_ids, 16, FLAGS.seq_length, max_chars=FLAGS.eval_chars)
             evaluator = monitor.Evaluator(config, windows)
         if FLAGS.eval_poems:
-            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer)
+            sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer,
+                                          records=data.split == read_utils.RECORDS)
         record_steps = functools.partial(record_max_steps, checkpoint_dir, record)
     run = Run(strategy, net, optimizer, states, manager, projector, decay_steps, started, budget_seconds, record_steps)
     run_training(run, reader, evaluator, logdir if chief else None, sampler)
@@ -155,16 +159,15 @@ def decay_steps_of(max_steps):
     return (max_steps if max_steps is not None else 10**9) - warmup_steps(max_steps)
 
 
-def run_config(config, corpus, corpus_sha256, clause_length):
-    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps."""
+def run_config(config, corpus_record):
+    """config.json: what sample.py and evaluate.py need, and what a resumed run keeps.
+
+    corpus_record: the corpus' path and sha256, its built-in name (None for a path), how validation
+    split it (read_utils.LINES or RECORDS), the flags its recipe set, and its clause_length (5 or 7
+    for poetry in couplets, None for other text).
+    """
     training = {k: FLAGS[k].value for k in run_dir.READER_FLAGS + run_dir.RECIPE_FLAGS}
-    return {
-        "format": run_dir.CONFIG_FORMAT,
-        "model": config.to_json(),
-        "training": training,
-        # clause_length: 5 or 7 for poetry in couplets of that form, None for other text
-        "corpus": {"path": os.path.abspath(corpus), "sha256": corpus_sha256, "clause_length": clause_length},
-    }
+    return {"format": run_dir.CONFIG_FORMAT, "model": config.to_json(), "training": training, "corpus": corpus_record}
 
 
 class Run(typing.NamedTuple):

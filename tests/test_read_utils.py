@@ -49,15 +49,68 @@ def test_decode_skips_the_unknown_token():
 
 def test_split_holds_out_every_twentieth_line():
     text = "".join(f"line{i}\n" for i in range(1, 101))
-    train, val = read_utils.split_lines(text, 0.05)
+    train, val = read_utils.split_text(text, 0.05)
     assert val == "line20\nline40\nline60\nline80\nline100\n"
     assert len(train.splitlines()) == 95 and "line20\n" not in train and "line19\n" in train
 
 
 def test_split_fraction_is_respected():
     text = "".join(f"{i}\n" for i in range(1000))
-    _, val = read_utils.split_lines(text, 0.1)
+    _, val = read_utils.split_text(text, 0.1)
     assert len(val.splitlines()) == 100
+
+
+def numbered_records(n):
+    """n records of one to three lines; every seventh is followed by two empty lines instead of one."""
+    return [
+        "".join(f"r{i}l{k}\n" for k in range(1 + i % 3)) + ("\n\n" if i % 7 == 0 else "\n") for i in range(1, n + 1)
+    ]
+
+
+def test_split_holds_out_every_twentieth_record_whole():
+    records = numbered_records(100)
+    train, val = read_utils.split_text("".join(records), 0.05, read_utils.RECORDS)
+    assert val == "".join(records[i - 1] for i in (20, 40, 60, 80, 100))
+    assert train == "".join(record for i, record in enumerate(records, 1) if i % 20)
+    # Empty lines before the first record belong to it.
+    train, val = read_utils.split_text("\n\n" + "".join(records), 0.5, read_utils.RECORDS)
+    assert train.startswith("\n\nr1l0\nr1l1\n\nr3l0\n") and val.startswith("r2l0\nr2l1\nr2l2\n\nr4l0\n")
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("".join(f"line{i}\n" for i in range(200)), read_utils.LINES),  # poetry.txt: no empty lines
+    ("".join(numbered_records(30)), read_utils.RECORDS),
+    ("".join(f"line{i}\n" for i in range(100)) + "\n" + "".join(f"more{i}\n" for i in range(100)), read_utils.LINES),
+    ("".join(f"line{i}\n" for i in range(200)) + "\n\n", read_utils.LINES),  # empty lines at the end only
+    ("".join(f"line{i}\n\n" for i in range(200)), read_utils.RECORDS),  # double-spaced: records of one line
+])
+def test_split_kind_finds_records_separated_by_empty_lines(tmp_path, text, kind):
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    assert read_utils.split_kind(str(path)) == kind
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5])
+def test_a_record_corpus_is_encoded_by_records_in_pieces(tmp_path, monkeypatch, piece):
+    """Pieces cut records and their empty lines at every offset; the split must not notice."""
+    path = tmp_path / "records.txt"
+    text = "".join(numbered_records(60))
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(read_utils, "CHUNK_BYTES", piece)
+    corpus = read_utils.encode_corpus(str(path), str(tmp_path / "cache"), 0.05)
+    train, val = read_utils.split_text(text, 0.05, read_utils.RECORDS)
+    assert corpus.split == read_utils.RECORDS
+    assert corpus.vocab.decode(corpus.train_ids) == train and corpus.vocab.decode(corpus.val_ids) == val
+    assert val.startswith("r20l0\nr20l1\nr20l2\n\n")
+    # A cache whose key does not say it was split by records (as before records were known) is made again.
+    meta_path = tmp_path / "cache" / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["key"]["split"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    written = os.stat(tmp_path / "cache" / "val.npy").st_mtime_ns
+    read_utils.encode_corpus(str(path), str(tmp_path / "cache"), 0.05)
+    assert os.stat(tmp_path / "cache" / "val.npy").st_mtime_ns != written
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["key"]["split"] == read_utils.RECORDS
 
 
 def test_reader_windows_continue_and_targets_are_next_characters():
@@ -176,7 +229,7 @@ def test_encoded_corpus_is_the_split_and_vocabulary_of_the_whole_text(tmp_path, 
     path.write_bytes(text.encode("utf-8"))
     monkeypatch.setattr(read_utils, "CHUNK_BYTES", piece)
     corpus = read_utils.encode_corpus(str(path), str(tmp_path / "cache"), 0.05)
-    train, val = read_utils.split_lines(read_utils.read_text(str(path)), 0.05)
+    train, val = read_utils.split_text(read_utils.read_text(str(path)), 0.05)
     assert corpus.vocab.chars == Vocab.build(train).chars
     assert isinstance(corpus.train_ids, np.memmap) and corpus.train_ids.dtype == np.uint16
     np.testing.assert_array_equal(corpus.train_ids, corpus.vocab.encode(train))
