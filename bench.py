@@ -111,14 +111,7 @@ def measure_sampling(size, streams, temperature=0.8, top_p=1.0, max_length=2000)
     start = time.perf_counter()
     generate(seed=0)
     compile_s = time.perf_counter() - start
-    chars, elapsed, cpu, calls = 0, 0.0, 0.0, 0
-    while elapsed < FLAGS.seconds or calls == 0:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        texts = generate(seed=calls + 1)
-        elapsed += time.perf_counter() - start
-        cpu += time.process_time() - start_cpu
-        chars += sum(map(len, texts))
-        calls += 1
+    chars, elapsed, cpu = timed_texts(generate, FLAGS.seconds)
     return {
         "model": dataclasses.asdict(size) | {"vocab_size": VOCAB_SIZE},
         "streams": streams,
@@ -131,6 +124,84 @@ def measure_sampling(size, streams, temperature=0.8, top_p=1.0, max_length=2000)
         "load_s": round(load_s, 3),
         "compile_s": round(compile_s, 3),
     }
+
+
+def timed_texts(generate, seconds):
+    """Calls generate(seed=...) with seeds 1, 2, ... for at least `seconds` (and once); returns
+    (characters of the texts, elapsed seconds, CPU seconds of this process)."""
+    chars, elapsed, cpu, calls = 0, 0.0, 0.0, 0
+    while elapsed < seconds or calls == 0:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        texts = generate(seed=calls + 1)
+        elapsed += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        chars += sum(map(len, texts))
+        calls += 1
+    return chars, elapsed, cpu
+
+
+def measure_exported(size, streams, temperature=0.8, max_length=2000):
+    """export.py's SavedModel of a random model of `size`, loaded back with tf.saved_model.load,
+    and the Generator it was exported from (sample.py's), on `streams` streams, timed in ROUNDS
+    alternating turns of --seconds / ROUNDS each (as train_vs_baseline). Both write the same texts."""
+    import numpy as np
+    import tensorflow as tf
+
+    import generator
+    import saved_generator
+
+    with tempfile.TemporaryDirectory() as directory:
+        write_random_run(directory, size)
+        config, vocab, path = generator.load_run(directory)
+        gen = generator.Generator(config, vocab, path, streams, banned="\n")  # as measure_sampling
+        saved = os.path.join(directory, "saved")
+        saved_generator.save(saved_generator.SavedGenerator(gen), saved)
+        start = time.perf_counter()
+        serve = tf.saved_model.load(saved).signatures["serving_default"]
+        load_s = time.perf_counter() - start
+
+    def exported(seed):
+        outputs = serve(start_string=tf.fill([streams], ""), max_length=tf.constant(max_length),
+                        max_lines=tf.constant(0), temperature=tf.constant(temperature), top_k=tf.constant(0),
+                        top_p=tf.constant(1.0), seed=tf.constant(seed, tf.int64), form=tf.constant(""),
+                        acrostic=tf.constant(""))
+        return [text.decode() for text in outputs["texts"].numpy()]
+
+    sides = {"exported": exported,
+             "generator": functools.partial(gen.generate, max_length=max_length, temperature=temperature)}
+    start = time.perf_counter()
+    exported(seed=0)
+    compile_s = time.perf_counter() - start
+    sides["generator"](seed=0)
+    rates = {name: [] for name in sides}
+    totals = {name: [0, 0.0] for name in sides}
+    for _ in range(ROUNDS):
+        for name, generate in sides.items():
+            chars, elapsed, _ = timed_texts(generate, FLAGS.seconds / ROUNDS)
+            rates[name].append(chars / elapsed)
+            totals[name][0] += chars
+            totals[name][1] += elapsed
+    ratios = [ours / theirs for ours, theirs in zip(rates["exported"], rates["generator"])]
+    return {
+        "model": dataclasses.asdict(size) | {"vocab_size": VOCAB_SIZE},
+        "streams": streams,
+        "temperature": temperature,
+        "chars_per_s": round(totals["exported"][0] / totals["exported"][1]),
+        "generator_chars_per_s": round(totals["generator"][0] / totals["generator"][1]),
+        "ratio": round(float(np.median(ratios)), 2),
+        "round_ratios": [round(r, 2) for r in ratios],
+        "load_s": round(load_s, 3),
+        "compile_s": round(compile_s, 3),
+    }
+
+
+def exporting(size, streams):
+    return Measurement(
+        name=f"exported_{size.name}_{streams}",
+        description=f"generation by export.py's SavedModel loaded back, {size.name} model, {streams} stream(s), "
+                    "temperature 0.8, beside the Generator it came from (sample.py's) in alternating turns",
+        run=functools.partial(measure_exported, size, streams),
+    )
 
 
 def sampling(size, streams, temperature=0.8, top_p=1.0, suffix=""):
@@ -428,6 +499,8 @@ MEASUREMENTS = [
     sampling(SMALL, 1, temperature=0, suffix="_greedy"),
     sampling(MEDIUM, 1, temperature=0, suffix="_greedy"),
     sampling(SMALL, 1, top_p=0.9, suffix="_top_p"),
+    exporting(SMALL, 1),
+    exporting(SMALL, 64),
     Measurement("train_small", "training, small model, batches 32x26: train.py's steps vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, SMALL)),
     Measurement("train_small_bf16", "training, small model, batches 32x26, --precision bfloat16 vs model.fit",

@@ -254,7 +254,7 @@ def sample(logits, uniform):
     logit -inf (masked or filtered out) are never drawn: a block without mass is never picked, and
     inside a block only finite logits are.
     """
-    grid = tf.reshape(logits, [tf.shape(logits)[0], -1, BLOCK])
+    grid = tf.reshape(logits, [-1, logits.shape[-1] // BLOCK, BLOCK])  # pick() needs the block count when traced
     top = tf.reduce_max(logits, -1)
     block_mass = tf.reduce_sum(tf.exp(grid - top[:, None, None]), -1)
     # The total as the running sum's end, which pick() computes anyway: XLA turns a sum of the
@@ -295,26 +295,28 @@ def choose(logits, uniform, temperature, top_k, top_p):
 
 @tf.function(jit_compile=True)
 def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in, records,
-                    model_title, temperature, top_k, top_p):
+                    model_title, temperature, top_k, top_p, many):
     """(ids [n, steps], first shown step [n], first kept step [n], kept characters [n]) of n streams.
 
     A stream samples freely from the zero state until its first line break or, on a record corpus
     (records), its first empty line, and then, if the model writes the title (model_title), the
-    line break that ends it; or until burn_in steps. From the next character on it is kept: kept
-    character k is forced[k] where that is >= 0, else sampled under masks[classes[k]]. It stops
-    after `length` kept characters, after `max_lines` line breaks (0: no line limit) or, on a
-    record corpus, at an empty line. The text shown starts with the kept text, or with the title
-    the model writes. temperature, top_k, top_p as in choose(). Module-level, so every generator
-    of the same shapes and decoding shares one compiled program; records and model_title are
-    Python booleans, compiled into it.
+    line break that ends it; or until burn_in steps. From the next character on it is kept: stream
+    i's kept character k is forced[i, k] where that is >= 0, else sampled under masks[classes[i, k]].
+    It stops after `length` kept characters (a scalar, or one per stream), after `max_lines` line
+    breaks (0: no line limit) or, on a record corpus, at an empty line. The text shown starts with
+    the kept text, or with the title the model writes. temperature, top_k, top_p as in choose();
+    many: CharStep.ahead's form, for tuning.MANY_STREAMS streams or more. records, model_title and
+    many are Python booleans, compiled into the loop; many is given apart from the shapes, which
+    may be unknown when the loop is traced (saved_generator.py traces it for any number of streams
+    and any length). Module-level, so every generator of the same shapes and decoding shares one
+    compiled program.
     """
-    steps, n = uniforms.shape
-    last_slot = forced.shape[0] - 1  # the plan's padding entry: free, nothing forced
-    many = n >= tuning.MANY_STREAMS
-    bfloat16 = tuning.sampling_bfloat16(n)
+    steps, n = dims(uniforms)
+    last_slot = dims(forced)[1] - 1  # the plan's padding entry: free, nothing forced
+    bfloat16 = tuning.sampling_bfloat16(many)
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
-    out = tf.TensorArray(tf.int32, size=steps, element_shape=[n])
+    out = tf.TensorArray(tf.int32, size=steps, element_shape=uniforms.shape[1:])
     started = tf.fill([n], burn_in == 0)
     first = tf.zeros([n], tf.int32)
     shown = tf.zeros([n], tf.int32)
@@ -328,8 +330,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         # to the next one, so XLA fuses the mask and the temperature into the passes that read them.
         logits, state = advance(ids, state, bfloat16)
         slot = tf.minimum(kept, last_slot)
-        fixed = tf.where(started, tf.gather(forced, slot), -1)
-        clause = started & tf.equal(tf.gather(classes, slot), CLAUSE)
+        fixed = tf.where(started, tf.gather(forced, slot, batch_dims=1), -1)
+        clause = started & tf.equal(tf.gather(classes, slot, batch_dims=1), CLAUSE)
         mask = tf.where(clause[:, None], masks[CLAUSE], masks[FREE])  # a select fuses; a gather of rows did not
         sampled = choose(logits + mask, uniforms[t], temperature, top_k, top_p)
         next_ids = tf.where(fixed >= 0, fixed, sampled)
@@ -355,6 +357,11 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         ids = next_ids
         t += 1
     return tf.transpose(out.stack()), shown, first, kept
+
+
+def dims(x):
+    """x's dimensions: ints where known when traced, scalar tensors where not."""
+    return [size if size is not None else tf.shape(x)[axis] for axis, size in enumerate(x.shape)]
 
 
 class Generator:
@@ -416,8 +423,8 @@ class Generator:
         ids, shown, first, kept = generation_loop(
             self.step,
             self.masks,
-            tf.constant(forced),
-            tf.constant(classes),
+            tf.constant(np.tile(forced, (self.num_streams, 1))),
+            tf.constant(np.tile(classes, (self.num_streams, 1))),
             tf.random.stateless_uniform([steps, self.num_streams], seed=[seed, 0]),
             tf.constant(length),
             tf.constant(max_lines),
@@ -426,6 +433,7 @@ class Generator:
             self.records,
             self.records and not title,
             *decoding_args(temperature, top_k, top_p, len(self.vocab)),
+            many=self.num_streams >= tuning.MANY_STREAMS,
         )
         rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept.numpy()))
         texts = [self.vocab.decode(row[start : begin + count]) for row, start, begin, count in rows]

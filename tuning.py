@@ -64,6 +64,7 @@ def training_precision(has_gpu, flags=None):
     return "bfloat16" if has_amx(flags) and not has_gpu else "float32"
 
 
-def sampling_bfloat16(num_streams, flags=None):
-    """Whether the sampler's matmuls take bfloat16 inputs: many streams on a CPU with AMX only."""
-    return num_streams >= MANY_STREAMS and has_amx(flags)
+def sampling_bfloat16(many_streams, flags=None):
+    """Whether the sampler's matmuls take bfloat16 inputs: many streams (MANY_STREAMS or more) on a
+    CPU with AMX only."""
+    return many_streams and has_amx(flags)

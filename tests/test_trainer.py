@@ -91,6 +91,6 @@ def test_bfloat16_is_chosen_only_on_a_cpu_with_amx(tmp_path):
     assert tuning.training_precision(has_gpu=False, flags=amx) == "bfloat16"
     assert tuning.training_precision(has_gpu=True, flags=amx) == "float32"
     assert tuning.training_precision(has_gpu=False, flags=no_amx) == "float32"
-    assert tuning.sampling_bfloat16(tuning.MANY_STREAMS, amx) and not tuning.sampling_bfloat16(1, amx)
-    assert not tuning.sampling_bfloat16(tuning.MANY_STREAMS, no_amx)
+    assert tuning.sampling_bfloat16(True, amx) and not tuning.sampling_bfloat16(False, amx)
+    assert not tuning.sampling_bfloat16(True, no_amx)
     assert tuning.cpu_flags(tmp_path / "missing") == frozenset()
