@@ -105,7 +105,7 @@ def train_with(strategy, inputs, scratch):
             monitor.log_run_config(logdir, record)
             projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
         if len(data.val_ids) > 1:
-            windows = read_utils.EvalWindows(data.val_ids, 16, FLAGS.seq_length, max_chars=FLAGS.eval_chars)
+            windows = read_utils.EvalWindows(data.val_ids, 16, tuning.VALIDATION_WINDOW, max_chars=FLAGS.eval_chars)
             evaluator = monitor.Evaluator(config, windows)
         if FLAGS.eval_poems:
             sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer,

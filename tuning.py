@@ -22,6 +22,11 @@ PIPELINE_PIECES = 2
 # fast case. Tuned on vocabulary 3,501 (poetry.txt), 2-core CPU with AMX.
 VOCAB_PADDING = 32
 
+# Characters per window of validation (monitor.Evaluator). The states carry across windows, so the
+# loss is the same for any length; long windows make few calls of the Keras model, each one of
+# which costs a fixed dispatch.
+VALIDATION_WINDOW = 256
+
 # --- generation (generator.py) ------------------------------------------------------------------------
 
 # From this many streams on, each layer's recurrent product is made a step ahead (CharStep.ahead).
