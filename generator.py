@@ -409,6 +409,8 @@ class Generator:
         each text is one poem of that form, whose clause k begins with acrostic[k]; an acrostic
         alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
         do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
+        seed may also be a list of (seed, count) groups of streams, counts summing to num_streams
+        (see stream_uniforms): several requests then share one call.
         """
         check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic})
         poem = bool(form or acrostic)
@@ -426,7 +428,7 @@ class Generator:
             self.masks,
             tf.constant(forced),
             tf.constant(classes),
-            tf.random.stateless_uniform([steps, self.num_streams], seed=[seed, 0]),
+            stream_uniforms(seed, steps, self.num_streams),
             tf.constant(length),
             tf.constant(max_lines),
             tf.constant(self.newline),
@@ -469,6 +471,21 @@ def check_seen(vocab, texts):
         unseen = vocab.unknown_chars(text)
         if unseen:
             raise read_utils.InputError(f"{name} has characters the model never saw: {' '.join(unseen)}; leave them out")
+
+
+def stream_uniforms(seed, steps, num_streams):
+    """[steps, num_streams] uniform numbers, one column per stream, for the sampler.
+
+    seed: an int for all streams, or a list of (seed, count) groups whose counts sum to
+    num_streams. Each group's columns are the ones a Generator of count streams draws from that
+    seed alone, so a group writes what sample.py writes with that --seed and --num_samples, as
+    long as both calls run in the same arithmetic: both with fewer than MANY_STREAMS streams, or
+    both with at least that many (bfloat16 rounding sends a poem down another path).
+    """
+    groups = [(seed, num_streams)] if isinstance(seed, int) else seed
+    if sum(count for _, count in groups) != num_streams:
+        raise ValueError(f"seed groups {groups} do not add up to {num_streams} streams")
+    return tf.concat([tf.random.stateless_uniform([steps, count], seed=[group_seed, 0]) for group_seed, count in groups], 1)
 
 
 def decoding_args(temperature, top_k, top_p, vocab_size):
