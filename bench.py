@@ -25,6 +25,11 @@ For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
                 --seconds / 8 each side), and our speed over it: the median of the turns' ratios,
                 listed in round_ratios;
   peak_rss_mb   (memory lines) peak resident memory of a fresh process doing only that work.
+For serving (serve_load; a random model of train.py's default size, or --serve_checkpoint_dir), for
+batched (--max_batch 64) and unbatched (--max_batch 1) alike: requests_per_s (answered without
+error; one poem each), p50_ms and p99_ms latency of a request as its client sees it, errors,
+generation_calls (generate() calls the server made); speedup is batched over unbatched requests/s.
+The clients run in this process, on the same cores as the server.
 A measurement is a function returning a dict; add new ones to MEASUREMENTS.
 """
 
@@ -44,6 +49,8 @@ flags.DEFINE_list("only", None, "comma-separated measurement names to run (defau
 flags.DEFINE_float("seconds", 3.0, "timing per measurement after warm-up, in seconds", lower_bound=0)
 flags.DEFINE_boolean("list", False, "print the measurement names and descriptions, then exit")
 flags.DEFINE_boolean("report_rss", False, "add the process's peak resident memory to every line")
+flags.DEFINE_string("serve_checkpoint_dir", None, "serve_load: serve this trained run instead of a random model of the "
+                    "default size")
 FLAGS = flags.FLAGS
 
 VOCAB_SIZE = 3501
@@ -67,6 +74,7 @@ class ModelSize:
 
 SMALL = ModelSize("small", lstm_size=128, embedding_size=128)
 MEDIUM = ModelSize("medium", lstm_size=512, embedding_size=256)
+DEFAULT = ModelSize("default", lstm_size=192, embedding_size=128, num_layers=1)  # train.py's default model
 
 
 def synthetic_vocab():
@@ -492,6 +500,119 @@ def megabytes_name(megabytes):
     return f"{megabytes // 1000}gb" if megabytes >= 1000 else f"{megabytes}mb"
 
 
+# --- serving ----------------------------------------------------------------------------------
+
+SERVE_CLIENTS, SERVE_REQUESTS = 64, 10
+
+
+def serve_load(run_dir, max_batch):
+    """serve.py on run_dir with --max_batch, on a free loopback port: SERVE_CLIENTS clients, each
+    asking for SERVE_REQUESTS 五言绝句 one after another on its own connection, all starting together."""
+    import concurrent.futures
+    import http.client
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    import numpy as np
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"), "--checkpoint_dir",
+               run_dir, "--port", str(port), "--max_batch", str(max_batch), "--noaccess_log"]
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            health = wait_for_server(server, port, log)
+            start_barrier = threading.Barrier(SERVE_CLIENTS + 1)
+
+            def client(index):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                latencies, errors = [], 0
+                start_barrier.wait()
+                for request in range(SERVE_REQUESTS):
+                    body = json.dumps({"form": "五言绝句", "seed": index * SERVE_REQUESTS + request})
+                    start = time.perf_counter()
+                    try:
+                        connection.request("POST", "/api/poems", body, {"Content-Type": "application/json"})
+                        response = connection.getresponse()
+                        ok = response.status == 200 and len(json.loads(response.read())["poems"]) == 1
+                    except (OSError, http.client.HTTPException, ValueError):
+                        ok = False
+                        connection.close()
+                    latencies.append(time.perf_counter() - start)
+                    errors += not ok
+                connection.close()
+                return latencies, errors
+
+            with concurrent.futures.ThreadPoolExecutor(SERVE_CLIENTS) as pool:
+                results = [pool.submit(client, index) for index in range(SERVE_CLIENTS)]
+                start_barrier.wait()
+                start = time.perf_counter()
+                results = [result.result() for result in results]
+                elapsed = time.perf_counter() - start
+            calls = server_health(port)["generation_calls"] - health["generation_calls"]
+        finally:
+            server.terminate()
+            server.wait(60)
+    latencies = np.concatenate([latencies for latencies, _ in results])
+    errors = sum(errors for _, errors in results)
+    return {
+        "max_batch": max_batch,
+        "requests_per_s": round((len(latencies) - errors) / elapsed, 1),
+        "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 1),
+        "errors": errors,
+        "generation_calls": calls,
+        "seconds": round(elapsed, 2),
+    }
+
+
+def server_health(port):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/api/health")
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def wait_for_server(server, port, log, timeout=900):
+    """/api/health's answer once the server answers; it compiles every batch size first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"serve.py exited with {server.returncode}: {log.read().decode(errors='replace')[-2000:]}")
+        try:
+            return server_health(port)
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"serve.py did not answer within {timeout} s")
+
+
+def measure_serving():
+    """serve_load with batching (--max_batch 64) and without (--max_batch 1), one after the other."""
+    with tempfile.TemporaryDirectory() as directory:
+        run_dir = FLAGS.serve_checkpoint_dir
+        if run_dir is None:
+            run_dir = directory
+            write_random_run(directory, DEFAULT)
+        batched, unbatched = serve_load(run_dir, 64), serve_load(run_dir, 1)
+    return {
+        "run": os.path.abspath(FLAGS.serve_checkpoint_dir) if FLAGS.serve_checkpoint_dir else dataclasses.asdict(DEFAULT),
+        "clients": SERVE_CLIENTS,
+        "requests_per_client": SERVE_REQUESTS,
+        "batched": batched,
+        "unbatched": unbatched,
+        "speedup": round(batched["requests_per_s"] / unbatched["requests_per_s"], 2),
+    }
+
+
 MEASUREMENTS = [
     sampling(SMALL, 1),
     sampling(MEDIUM, 1),
@@ -518,6 +639,9 @@ MEASUREMENTS = [
                 "characters", functools.partial(sample_process, SMALL)),
     *encoding(100),
     *encoding(1000),
+    Measurement("serve_load", f"serve.py on loopback, {SERVE_CLIENTS} clients each asking for {SERVE_REQUESTS} "
+                "五言绝句 one after another: requests/s, p50 and p99 latency, errors, with batching (--max_batch 64) and "
+                "without (--max_batch 1)", measure_serving),
     Measurement("train_memory_1gb", "peak resident memory of train.py (default model) training 300 steps on a "
                 "generated 1 GB corpus, encoding included", functools.partial(train_large_corpus, 1000)),
 ]

@@ -378,7 +378,7 @@ class Generator:
     BURN_IN_LIMIT = 100  # a stream that writes no line break by then starts anyway
     RECORD_BURN_IN_LIMIT = 400  # with records: room for the rest of a poem and a title
 
-    def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned="", records=False):
+    def __init__(self, config, vocab, checkpoint_path, num_streams=1, banned="", records=False, reproducible=False):
         check_seen(vocab, {"--ban": banned})
         net = model_lib.build_model(config)
         restore_weights(net, checkpoint_path)
@@ -391,6 +391,10 @@ class Generator:
             raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
         self.records = records
+        # Many streams take CharStep.ahead, and bfloat16 inputs on a CPU with AMX: faster, but its
+        # rounding leads a stream elsewhere than sample.py's few-stream arithmetic with the same
+        # seed; reproducible keeps the few-stream arithmetic for any number (serve.py's calls).
+        self.many = num_streams >= tuning.MANY_STREAMS and not reproducible
         self.burn_in = (self.RECORD_BURN_IN_LIMIT if records else self.BURN_IN_LIMIT) if self.newline else 0
 
     def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
@@ -403,7 +407,9 @@ class Generator:
         alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
         do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
         With records, a text is one record that ends at its empty line (max_lines does not apply):
-        the title line, given (title) or written by the model, then the prompt or poem.
+        the title line, given (title) or written by the model, then the prompt or poem. seed may
+        also be a list of (seed, count) groups of streams, counts summing to num_streams (see
+        stream_uniforms): several requests then share one call.
         """
         check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic, "the title": title})
         head = self.title_slots(title)
@@ -425,7 +431,7 @@ class Generator:
             self.masks,
             tf.constant(np.tile(forced, (self.num_streams, 1))),
             tf.constant(np.tile(classes, (self.num_streams, 1))),
-            tf.random.stateless_uniform([steps, self.num_streams], seed=[seed, 0]),
+            stream_uniforms(seed, steps, self.num_streams),
             tf.constant(length),
             tf.constant(max_lines),
             tf.constant(self.newline),
@@ -433,7 +439,7 @@ class Generator:
             self.records,
             self.records and not title,
             *decoding_args(temperature, top_k, top_p, len(self.vocab)),
-            many=self.num_streams >= tuning.MANY_STREAMS,
+            many=self.many,
         )
         rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept.numpy()))
         texts = [self.vocab.decode(row[start : begin + count]) for row, start, begin, count in rows]
@@ -489,6 +495,21 @@ def check_seen(vocab, texts):
         unseen = vocab.unknown_chars(text)
         if unseen:
             raise read_utils.InputError(f"{name} has characters the model never saw: {' '.join(unseen)}; leave them out")
+
+
+def stream_uniforms(seed, steps, num_streams):
+    """[steps, num_streams] uniform numbers, one column per stream, for the sampler.
+
+    seed: an int for all streams, or a list of (seed, count) groups whose counts sum to
+    num_streams. Each group's columns are the ones a Generator of count streams draws from that
+    seed alone, so a group writes what sample.py writes with that --seed and --num_samples, as
+    long as both calls run in the same arithmetic: both with fewer than MANY_STREAMS streams, or
+    both with at least that many (bfloat16 rounding sends a poem down another path).
+    """
+    groups = [(seed, num_streams)] if isinstance(seed, int) else seed
+    if sum(count for _, count in groups) != num_streams:
+        raise ValueError(f"seed groups {groups} do not add up to {num_streams} streams")
+    return tf.concat([tf.random.stateless_uniform([steps, count], seed=[group_seed, 0]) for group_seed, count in groups], 1)
 
 
 def decoding_args(temperature, top_k, top_p, vocab_size):
