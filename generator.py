@@ -7,7 +7,7 @@ character (docs/DESIGN.md).
 
 Each stream first writes a throwaway burn-in line, then follows a plan of slots: fixed characters
 (the start string; a form's punctuation and line breaks; an acrostic's heads) and sampled ones,
-masked to what their slot allows.
+masked to what their slot allows: under a metre (metre_plan.py), each stream's own tones and rhyme.
 """
 
 import math
@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 import cpu_training
+import metre as metre_lib
+import metre_plan
 import model as model_lib
 import poem_forms
 import read_utils
@@ -24,7 +26,11 @@ import run_dir
 import tuning
 
 NEWLINE = "\n"
-FREE, CLAUSE = 0, 1  # rows of the slot masks: any character but the banned ones; CJK ideographs only
+# The classes of slot, each with its row of the slot masks: any character but the banned ones; CJK
+# ideographs only; those of level (平) or oblique (仄) tone in the 平水韵; the characters of the
+# stream's rhyme group, whose row is RHYME + k for the k-th level group (metre.level_groups()).
+FREE, CLAUSE, LEVEL, OBLIQUE, RHYME = range(5)
+CLASS_OF_REQUIREMENT = {metre_lib.LEVEL: LEVEL, metre_lib.OBLIQUE: OBLIQUE, metre_plan.RHYME: RHYME}
 BLOCK = 64  # ids per block of the two-level sampler: one pass over blocks, one inside one block
 
 
@@ -294,14 +300,17 @@ def choose(logits, uniform, temperature, top_k, top_p):
 
 @tf.function(jit_compile=True)
 def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in,
-                    temperature, top_k, top_p):
-    """(ids [n, steps], first kept step [n], kept characters [n]) of n streams.
+                    temperature, top_k, top_p, rhymes, score):
+    """(ids [n, steps], first kept step [n], kept characters [n], log-probability [n]) of n streams.
 
     A stream samples freely from the zero state until its first line break (or burn_in steps);
     from the next character on it is kept: kept character k is forced[k] where that is >= 0, else
-    sampled under masks[classes[k]]. It stops after `length` kept characters or `max_lines` line
-    breaks (0: no line limit). temperature, top_k, top_p as in choose(). Module-level, so every
-    generator of the same shapes and decoding shares one compiled program.
+    sampled under the mask of its class classes[stream, k] (slot_mask; rhymes[stream] is the row of
+    its rhyme group). It stops after `length` kept characters or `max_lines` line breaks (0: no line
+    limit). temperature, top_k, top_p as in choose(). With score (a Python bool), the log-probability
+    is the sum over the stream's sampled kept characters of the model's own log-probability of
+    each (log_softmax_at); without it, zeros. Module-level, so every generator of the same shapes
+    and decoding shares one compiled program.
     """
     steps, n = uniforms.shape
     last_slot = forced.shape[0] - 1  # the plan's padding entry: free, nothing forced
@@ -309,6 +318,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     bfloat16 = tuning.sampling_bfloat16(n)
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
+    rhyme_rows = tf.gather(masks, rhymes)  # [n, width], the same at every step
+    log_probability = tf.zeros([n])
     out = tf.TensorArray(tf.int32, size=steps, element_shape=[n])
     started = tf.fill([n], burn_in == 0)
     first = tf.zeros([n], tf.int32)
@@ -322,13 +333,14 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         logits, state = advance(ids, state, bfloat16)
         slot = tf.minimum(kept, last_slot)
         fixed = tf.where(started, tf.gather(forced, slot), -1)
-        clause = started & tf.equal(tf.gather(classes, slot), CLAUSE)
-        mask = tf.where(clause[:, None], masks[CLAUSE], masks[FREE])  # a select fuses; a gather of rows did not
-        sampled = choose(logits + mask, uniforms[t], temperature, top_k, top_p)
+        slot_class = tf.where(started, tf.gather(classes, slot, batch_dims=1), FREE)
+        sampled = choose(logits + slot_mask(slot_class, masks, rhyme_rows), uniforms[t], temperature, top_k, top_p)
         next_ids = tf.where(fixed >= 0, fixed, sampled)
         out = out.write(t, next_ids)
         is_newline = tf.equal(next_ids, newline)
         keeping = started & ~done
+        if score:
+            log_probability += tf.where(keeping & (fixed < 0), log_softmax_at(logits, sampled), 0.0)
         kept += tf.cast(keeping, tf.int32)
         lines += tf.cast(keeping & is_newline, tf.int32)
         done |= keeping & ((kept >= length) | ((max_lines > 0) & (lines >= max_lines)))
@@ -337,7 +349,33 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         started |= starting
         ids = next_ids
         t += 1
-    return tf.transpose(out.stack()), first, kept
+    return tf.transpose(out.stack()), first, kept, log_probability
+
+
+def slot_mask(slot_class, masks, rhyme_rows):
+    """[n, width]: each stream's mask for the class of its slot; rhyme_rows [n, width] its rhyme group's.
+
+    Selects, which XLA fuses into the passes that read the mask; a gather of rows did not fuse.
+    """
+    mask = tf.where(tf.equal(slot_class, RHYME)[:, None], rhyme_rows, masks[FREE])
+    for row in (CLAUSE, LEVEL, OBLIQUE):
+        mask = tf.where(tf.equal(slot_class, row)[:, None], masks[row], mask)
+    return mask
+
+
+def log_softmax_at(logits, ids):
+    """Per row, log softmax(logits)[id]: the model's log-probability of the id, at temperature 1
+    and before any mask or filter."""
+    top = row_max(logits)
+    return tf.gather(logits, ids, batch_dims=1) - top - tf.math.log(row_sum(tf.exp(logits - top[:, None])))
+
+
+class Draft(typing.NamedTuple):
+    """A generated text and its score: the mean of the model's log-probability of each character it
+    sampled (log_softmax_at; forced characters left out), 0 if it sampled none."""
+
+    text: str
+    score: float
 
 
 class Generator:
@@ -360,13 +398,15 @@ class Generator:
         self.num_streams = num_streams
         self.banned = set(banned)
         self.masks = tf.constant(slot_masks(vocab, self.banned, width=self.step.output_kernel.shape[1]))
+        # What a clause may hold: metre_plan.Planner checks every slot's tone against it.
+        self.writable = frozenset(c for c in vocab.chars[1:] if poem_forms.is_ideograph(c) and c not in self.banned)
         if not np.isfinite(self.masks[FREE].numpy()).any():
             raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
         self.burn_in = self.BURN_IN_LIMIT if self.newline else 0
 
     def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 form=None, acrostic=""):
+                 form=None, acrostic="", metre=metre_plan.DEFAULT_METRE, rhyme="", best_of=1, scored=False):
         """num_streams texts that begin with prompt; the same seed gives the same texts.
 
         Free text stops after max_lines line breaks (0: no limit) or max_length characters, cut
@@ -374,9 +414,14 @@ class Generator:
         each text is one poem of that form, whose clause k begins with acrostic[k]; an acrostic
         alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
         do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
+        A poem follows metre ("off", "rhyme" or "strict", see metre_plan.py), drawing its pattern
+        and rhyme group from the seed, or rhyming in the group that the character rhyme names.
+        best_of N writes N drafts of each text in one batch and keeps the one of the highest
+        score (Draft); scored returns Drafts instead of texts.
         """
         check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic})
         poem = bool(form or acrostic)
+        metre_plan.check_request(metre, rhyme, poem)
         if poem:
             form = poem_forms.find_form(form) if form else poem_forms.form_for_acrostic(acrostic)
             slots = poem_forms.template(form, acrostic, prompt)
@@ -385,25 +430,37 @@ class Generator:
             slots, length = list(prompt), max(max_length, len(prompt))
         room = bucket(length)  # few distinct shapes, so few compilations
         forced, classes = self.plan_arrays(slots, room)
+        streams = self.num_streams * best_of
+        planner = metre_plan.Planner(form, slots, metre, rhyme, self.writable) if poem and metre != "off" else None
+        classes, rhymes = self.metre_arrays(classes, streams, seed, planner)
         steps = self.burn_in + room
-        ids, first, kept = generation_loop(
+        score = best_of > 1 or scored
+        ids, first, kept, log_probability = generation_loop(
             self.step,
             self.masks,
             tf.constant(forced),
             tf.constant(classes),
-            tf.random.stateless_uniform([steps, self.num_streams], seed=[seed, 0]),
+            tf.random.stateless_uniform([steps, streams], seed=[seed, 0]),
             tf.constant(length),
             tf.constant(max_lines),
             tf.constant(self.newline),
             tf.constant(self.burn_in),
             *decoding_args(temperature, top_k, top_p, len(self.vocab)),
+            tf.constant(rhymes),
+            score,
         )
-        rows = zip(ids.numpy(), first.numpy(), kept.numpy())
+        kept = kept.numpy()
+        rows = zip(ids.numpy(), first.numpy(), kept)
         texts = [self.vocab.decode(row[start : start + count]) for row, start, count in rows]
-        return texts if poem else [whole_lines(text, len(prompt)) for text in texts]
+        if not poem:
+            texts = [whole_lines(text, len(prompt)) for text in texts]
+        if not score:
+            return texts
+        drafts = best_drafts(texts, mean_scores(log_probability.numpy(), kept, forced), best_of)
+        return drafts if scored else [draft.text for draft in drafts]
 
     def plan_arrays(self, slots, room):
-        """(forced ids, mask rows) for room + 1 kept characters: the slots, then free ones."""
+        """(forced ids, mask classes) for room + 1 kept characters: the slots, then free ones."""
         forced = np.full(room + 1, -1, np.int32)
         classes = np.full(room + 1, FREE, np.int32)
         for i, slot in enumerate(slots):
@@ -416,6 +473,23 @@ class Generator:
                 "the model knows no Chinese character that is not banned, so it cannot write a poem form"
             )
         return forced, classes
+
+    def metre_arrays(self, classes, streams, seed, planner):
+        """(classes [streams, room + 1], rhyme rows [streams]): plan_arrays' classes for every stream,
+        with each stream's own tones and rhyme group drawn from seed by planner (a
+        metre_plan.Planner, or None: no metre)."""
+        classes = np.tile(classes, (streams, 1))
+        rhymes = np.full(streams, RHYME, np.int32)
+        if planner is None:
+            return classes, rhymes
+        rng = np.random.default_rng(seed % 2**64)
+        rows = {group.index: RHYME + k for k, group in enumerate(metre_lib.level_groups())}
+        for stream in range(streams):
+            choice, group = planner.draw(rng)
+            for index, requirement in choice.requirements.items():
+                classes[stream, index] = CLASS_OF_REQUIREMENT[requirement]
+            rhymes[stream] = rows[group.index]
+        return classes, rhymes
 
     def fixed_id(self, char):
         if char in self.banned:
@@ -448,15 +522,37 @@ def decoding_args(temperature, top_k, top_p, vocab_size):
 
 
 def slot_masks(vocab, banned, width):
-    """[2, width] additive masks: row FREE bans the unknown token and banned characters; row
-    CLAUSE also every character that is not a CJK ideograph (punctuation, line breaks, letters).
-    Ids past the vocabulary (the logits' padding) are banned in both."""
+    """[RHYME + 30, width] additive masks, a row per class of slot: row FREE bans the unknown token
+    and banned characters; row CLAUSE also every character that is not a CJK ideograph
+    (punctuation, line breaks, letters); rows LEVEL and OBLIQUE also the characters without a
+    reading of that tone in the 平水韵 table (those outside it included), and row RHYME + k those
+    outside the k-th level rhyme group. Ids past the vocabulary (the logits' padding) are banned in all."""
     free = np.full(width, -np.inf, np.float32)
     free[1 : len(vocab)] = 0
     free[np.array([vocab.id_of(char) for char in banned], int)] = -np.inf
     clause = free.copy()
     clause[[i for i, char in enumerate(vocab.chars) if not poem_forms.is_ideograph(char)]] = -np.inf
-    return np.stack([free, clause])
+
+    def within(chars):
+        row = clause.copy()
+        row[[i for i, char in enumerate(vocab.chars) if char not in chars]] = -np.inf
+        return row
+
+    tones = [within(metre_lib.chars_of_tone(tone)) for tone in (metre_lib.LEVEL, metre_lib.OBLIQUE)]
+    return np.stack([free, clause, *tones, *(within(group.chars) for group in metre_lib.level_groups())])
+
+
+def mean_scores(log_probability, kept, forced):
+    """Each stream's summed log-probability over the number of characters it sampled (0 for none):
+    its first kept[stream] characters, less those the plan forced."""
+    sampled = np.cumsum(np.concatenate([[0], forced < 0]))[kept]
+    return np.divide(log_probability, sampled, out=np.zeros_like(log_probability), where=sampled > 0)
+
+
+def best_drafts(texts, scores, best_of):
+    """Draft of the highest score among each run of best_of consecutive texts (a text's drafts)."""
+    best = np.asarray(scores).reshape(-1, best_of).argmax(1) + np.arange(0, len(texts), best_of)
+    return [Draft(texts[i], float(scores[i])) for i in best]
 
 
 def bucket(length):
