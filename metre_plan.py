@@ -6,10 +6,10 @@
 
 Each poem draws its pattern (the four equally likely) and its rhyme group (weighted by Group.weight,
 how often the Tang poems rhyme in it), or takes the group from --rhyme, which names it by any
-character in it. Under strict, every slot that Pattern.slots gives a tone takes a character of that
-tone, and the rhyming clauses (Pattern.rhyming) end in the group; under rhyme, only the ends of the
-even clauses are constrained. A character outside the table has no tone, so it never fills a slot
-whose tone is fixed.
+character in it (a character in several level groups names them all; each poem draws one). Under
+strict, every slot that Pattern.slots gives a tone takes a character of that tone, and the rhyming
+clauses (Pattern.rhyming) end in the group; under rhyme, only the ends of the even clauses are
+constrained. A character outside the table has no tone, so it never fills a slot whose tone is fixed.
 
 Fixed characters (the start string, an acrostic's heads) stand where they are, and the draw takes only
 what agrees with them:
@@ -53,9 +53,10 @@ def check_request(metre_name, rhyme, poem):
     (poem: a form or an acrostic was asked for) or that names no level group."""
     if metre_name not in METRES:
         raise InputError(f"unknown metre {metre_name!r}; choose one of {', '.join(METRES)}")
-    if rhyme and (not poem or metre_name == "off"):
-        raise InputError("--rhyme sets the rhyme of a poem under --metre rhyme or strict; add --form or --acrostic, "
-                         "or leave --rhyme out")
+    if rhyme and not poem:
+        raise InputError("--rhyme sets the rhyme of a poem: add --form or --acrostic, or leave --rhyme out")
+    if rhyme and metre_name == "off":
+        raise InputError("--rhyme sets the rhyme of a poem under --metre rhyme or strict, not off")
     named_groups(rhyme)
 
 

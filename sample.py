@@ -38,7 +38,8 @@ flags.DEFINE_enum("metre", metre_plan.DEFAULT_METRE, metre_plan.METRES,
                   "the metre of poems (--form, --acrostic): rhyme: the even clauses rhyme in one level group of "
                   "the 平水韵; strict: that and a standard tonal pattern (平仄); off: the form alone")
 flags.DEFINE_string("rhyme", "", "under --metre rhyme or strict: rhyme in the level group of this character "
-                    "(e.g. 东); default: each poem draws a group, as often as the Tang poems rhyme in it")
+                    "(e.g. 东; one of its groups if it has several); default: each poem draws a group, as often as "
+                    "the Tang poems rhyme in it")
 flags.DEFINE_integer("num_samples", 1, "samples generated together in one batch", lower_bound=1)
 flags.DEFINE_integer("best_of", 1, "write this many drafts of each sample in the same batch and keep the one "
                      "the model finds likeliest (highest mean log-probability per sampled character)", lower_bound=1)

@@ -175,6 +175,8 @@ def test_a_rhyme_that_names_no_level_group_is_a_one_line_error(gen, rhyme, messa
         gen.generate(form="wujue", metre="strict", rhyme=rhyme)
     with pytest.raises(read_utils.InputError, match="add --form or --acrostic"):
         gen.generate("春", metre="strict", rhyme="东")
+    with pytest.raises(read_utils.InputError, match="under --metre rhyme or strict, not off"):
+        gen.generate(form="wujue", metre="off", rhyme="东")
 
 
 # --- best of several drafts ------------------------------------------------------------------------------
@@ -229,3 +231,17 @@ def test_sample_refuses_metre_flags_that_cannot_apply_in_one_line(metre_run, arg
     result = run_script("sample.py", "--checkpoint_dir", metre_run, *args, check=False)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_scores_poems_of_a_form_in_that_form(metre_run):
+    """The toy corpus is of five-character clauses; a 七言绝句 is judged well-formed as one all the same."""
+    result = run_script("evaluate.py", "--checkpoint_dir", metre_run, "--num_samples", 20, "--form", "qijue",
+                        "--metre", "strict", "--best_of", 2)
+    out = result.stdout
+    assert "poems sampled: 20 七言绝句, --metre strict, best of 2" in out
+    assert "well-formed lines (7-character couplets): 100.0%" in out
+    assert "rhyming (even clauses in one 平水韵 level group): 100.0%" in out
+    assert "following a standard tonal pattern: 100.0%" in out
+    assert re.search(r"mean log-probability per sampled character \(the model's own, nats\): -\d+\.\d{4}", out)
+    refused = run_script("evaluate.py", "--checkpoint_dir", metre_run, "--num_samples", 4, "--metre", "off", check=False)
+    assert refused.returncode != 0 and "--metre applies to poems of a form: add --form" in refused.stderr
