@@ -17,6 +17,11 @@ the same per character as trained ones. Each line holds:
   compile_s     the first generate() call, which traces and XLA-compiles the loop;
   load_avg      the 1-minute load average when the measurement started: other work on the
                 machine lowers every figure, so compare runs on a quiet machine.
+For poems of a form (train.py's default model, random weights, a vocabulary of 3,501 characters of
+the 平水韵 table, temperature 0.8):
+  seconds_per_call  one generate() call writing all the poems, drafts included; random weights
+                write no early line break, so each stream's burn-in takes all its 100 steps;
+  poems_per_s   poems returned per second.
 For training (random ids, vocabulary 3,501; small batches 32x26, medium 64x64):
   chars_per_s   characters trained per second through train.py's own compiled training call
                 (tuning.STEPS_PER_CALL steps a call, its --steps_per_execution default);
@@ -74,7 +79,7 @@ class ModelSize:
 
 SMALL = ModelSize("small", lstm_size=128, embedding_size=128)
 MEDIUM = ModelSize("medium", lstm_size=512, embedding_size=256)
-DEFAULT = ModelSize("default", lstm_size=192, embedding_size=128, num_layers=1)  # train.py's default model
+DEFAULT = ModelSize("default", lstm_size=192, embedding_size=128, num_layers=1)  # train.py's (run_dir.ModelConfig)
 
 
 def synthetic_vocab():
@@ -86,14 +91,28 @@ def synthetic_vocab():
     return read_utils.Vocab([read_utils.UNKNOWN] + ideographs + punctuation)
 
 
-def write_random_run(directory, size):
-    """A run directory (config.json, vocab.json, checkpoint) of a randomly initialised model."""
+def metre_vocab():
+    """synthetic_vocab's layout, its ideographs taken from the 平水韵 table, so that every slot of a
+    metre has characters to choose from."""
+    import metre
+    import poem_forms
+    import read_utils
+
+    punctuation = ["，", "。", "\n"]
+    in_table = metre.chars_of_tone(metre.LEVEL) | metre.chars_of_tone(metre.OBLIQUE)
+    known = sorted(char for char in in_table if poem_forms.is_ideograph(char))
+    return read_utils.Vocab([read_utils.UNKNOWN] + known[: VOCAB_SIZE - 1 - len(punctuation)] + punctuation)
+
+
+def write_random_run(directory, size, vocab=None):
+    """A run directory (config.json, vocab.json, checkpoint) of a randomly initialised model; vocab
+    defaults to synthetic_vocab()."""
     import tensorflow as tf
 
     import model as model_lib
     import run_dir
 
-    vocab = synthetic_vocab()
+    vocab = vocab or synthetic_vocab()
     config = run_dir.ModelConfig(
         vocab_size=len(vocab), embedding_size=size.embedding_size, lstm_size=size.lstm_size, num_layers=size.num_layers
     )
@@ -218,6 +237,45 @@ def sampling(size, streams, temperature=0.8, top_p=1.0, suffix=""):
         name=f"sample_{size.name}_{streams}{suffix}",
         description=f"generation, {size.name} model, {streams} stream(s) in one batch, {decoding}",
         run=functools.partial(measure_sampling, size, streams, temperature, top_p),
+    )
+
+
+def measure_poems(size, poems, form, metre, best_of):
+    """Times generate() writing `poems` poems of `form` under `metre`, each the best of `best_of` drafts."""
+    import generator
+
+    with tempfile.TemporaryDirectory() as directory:
+        write_random_run(directory, size, metre_vocab())
+        gen = generator.Generator(*generator.load_run(directory), poems)
+    generate = functools.partial(gen.generate, form=form, metre=metre, best_of=best_of, temperature=0.8)
+    start = time.perf_counter()
+    generate(seed=0)
+    compile_s = time.perf_counter() - start
+    calls, elapsed = 0, 0.0
+    while elapsed < FLAGS.seconds or calls == 0:
+        start = time.perf_counter()
+        texts = generate(seed=calls + 1)
+        elapsed += time.perf_counter() - start
+        calls += 1
+    return {
+        "model": dataclasses.asdict(size) | {"vocab_size": VOCAB_SIZE},
+        "poems": len(texts),
+        "form": form,
+        "metre": metre,
+        "best_of": best_of,
+        "seconds_per_call": round(elapsed / calls, 3),
+        "poems_per_s": round(calls * len(texts) / elapsed, 1),
+        "calls": calls,
+        "compile_s": round(compile_s, 3),
+    }
+
+
+def poem_sampling(poems, form, metre, best_of=1):
+    drafts = f", each the best of {best_of} drafts" if best_of > 1 else ""
+    return Measurement(
+        name=f"poems_{form}_{metre}_{poems}" + (f"_best_of_{best_of}" if best_of > 1 else ""),
+        description=f"{poems} poem(s) of form {form} under --metre {metre}{drafts}, default model, one batch",
+        run=functools.partial(measure_poems, DEFAULT, poems, form, metre, best_of),
     )
 
 
@@ -622,6 +680,9 @@ MEASUREMENTS = [
     sampling(SMALL, 1, top_p=0.9, suffix="_top_p"),
     exporting(SMALL, 1),
     exporting(SMALL, 64),
+    poem_sampling(16, "qilv", "strict"),  # issue 19's targets: under a second each, after compilation
+    poem_sampling(1, "qilv", "strict", best_of=8),
+    poem_sampling(16, "qilv", "off"),  # what the metre's masks cost
     Measurement("train_small", "training, small model, batches 32x26: train.py's steps vs plain Keras model.fit",
                 functools.partial(train_vs_baseline, SMALL)),
     Measurement("train_small_bf16", "training, small model, batches 32x26, --precision bfloat16 vs model.fit",

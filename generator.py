@@ -8,7 +8,8 @@ character (docs/DESIGN.md).
 Each stream first writes a throwaway burn-in line (on a corpus of records, such as tang's poems,
 up to an empty line, so that a sample is a whole poem), then follows a plan of slots: fixed
 characters (a title; the start string; a form's punctuation and line breaks; an acrostic's heads)
-and sampled ones, masked to what their slot allows.
+and sampled ones, masked to what their slot allows: under a metre (metre_plan.py), each stream's
+own tones and rhyme.
 """
 
 import math
@@ -18,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 import cpu_training
+import metre as metre_lib
+import metre_plan
 import model as model_lib
 import poem_forms
 import read_utils
@@ -25,7 +28,11 @@ import run_dir
 import tuning
 
 NEWLINE = "\n"
-FREE, CLAUSE = 0, 1  # rows of the slot masks: any character but the banned ones; CJK ideographs only
+# The classes of slot, each with its row of the slot masks: any character but the banned ones; CJK
+# ideographs only; those of level (平) or oblique (仄) tone in the 平水韵; the characters of the
+# stream's rhyme group, whose row is RHYME + k for the k-th level group (metre.level_groups()).
+FREE, CLAUSE, LEVEL, OBLIQUE, RHYME = range(5)
+CLASS_OF_REQUIREMENT = {metre_lib.LEVEL: LEVEL, metre_lib.OBLIQUE: OBLIQUE, metre_plan.RHYME: RHYME}
 BLOCK = 64  # ids per block of the two-level sampler: one pass over blocks, one inside one block
 
 
@@ -295,27 +302,32 @@ def choose(logits, uniform, temperature, top_k, top_p):
 
 @tf.function(jit_compile=True)
 def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in, records,
-                    model_title, temperature, top_k, top_p, many):
-    """(ids [n, steps], first shown step [n], first kept step [n], kept characters [n]) of n streams.
+                    model_title, temperature, top_k, top_p, rhymes, score, many):
+    """(ids [n, steps], first shown step [n], first kept step [n], kept characters [n], log-probability [n])
+    of n streams.
 
     A stream samples freely from the zero state until its first line break or, on a record corpus
     (records), its first empty line, and then, if the model writes the title (model_title), the
     line break that ends it; or until burn_in steps. From the next character on it is kept: stream
-    i's kept character k is forced[i, k] where that is >= 0, else sampled under masks[classes[i, k]].
-    It stops after `length` kept characters (a scalar, or one per stream), after `max_lines` line
-    breaks (0: no line limit) or, on a record corpus, at an empty line. The text shown starts with
-    the kept text, or with the title the model writes. temperature, top_k, top_p as in choose();
-    many: CharStep.ahead's form, for tuning.MANY_STREAMS streams or more. records, model_title and
-    many are Python booleans, compiled into the loop; many is given apart from the shapes, which
-    may be unknown when the loop is traced (saved_generator.py traces it for any number of streams
-    and any length). Module-level, so every generator of the same shapes and decoding shares one
-    compiled program.
+    i's kept character k is forced[i, k] where that is >= 0, else sampled under the mask of its
+    class classes[i, k] (slot_mask; rhymes[i] is the row of its rhyme group). It stops after
+    `length` kept characters (a scalar, or one per stream), after `max_lines` line breaks (0: no
+    line limit) or, on a record corpus, at an empty line. The text shown starts with the kept text,
+    or with the title the model writes. temperature, top_k, top_p as in choose(). With score, the
+    log-probability is the sum over the stream's sampled kept characters of the model's own
+    log-probability of each (log_softmax_at); without it, zeros. many: CharStep.ahead's form, for
+    tuning.MANY_STREAMS streams or more. records, model_title, score and many are Python booleans,
+    compiled into the loop; many is given apart from the shapes, which may be unknown when the loop
+    is traced (saved_generator.py traces it for any number of streams and any length).
+    Module-level, so every generator of the same shapes and decoding shares one compiled program.
     """
     steps, n = dims(uniforms)
     last_slot = dims(forced)[1] - 1  # the plan's padding entry: free, nothing forced
     bfloat16 = tuning.sampling_bfloat16(many)
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
+    rhyme_rows = tf.gather(masks, rhymes)  # [n, width], the same at every step
+    log_probability = tf.zeros([n])
     out = tf.TensorArray(tf.int32, size=steps, element_shape=uniforms.shape[1:])
     started = tf.fill([n], burn_in == 0)
     first = tf.zeros([n], tf.int32)
@@ -331,14 +343,15 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         logits, state = advance(ids, state, bfloat16)
         slot = tf.minimum(kept, last_slot)
         fixed = tf.where(started, tf.gather(forced, slot, batch_dims=1), -1)
-        clause = started & tf.equal(tf.gather(classes, slot, batch_dims=1), CLAUSE)
-        mask = tf.where(clause[:, None], masks[CLAUSE], masks[FREE])  # a select fuses; a gather of rows did not
-        sampled = choose(logits + mask, uniforms[t], temperature, top_k, top_p)
+        slot_class = tf.where(started, tf.gather(classes, slot, batch_dims=1), FREE)
+        sampled = choose(logits + slot_mask(slot_class, masks, rhyme_rows), uniforms[t], temperature, top_k, top_p)
         next_ids = tf.where(fixed >= 0, fixed, sampled)
         out = out.write(t, next_ids)
         is_newline = tf.equal(next_ids, newline)
         empty_line = is_newline & tf.equal(ids, newline)  # ids: the previous character
         keeping = started & ~done
+        if score:
+            log_probability += tf.where(keeping & (fixed < 0), log_softmax_at(logits, sampled), 0.0)
         kept += tf.cast(keeping, tf.int32)
         lines += tf.cast(keeping & is_newline, tf.int32)
         ends = (kept >= length) | ((max_lines > 0) & (lines >= max_lines))
@@ -356,12 +369,38 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         started |= starting
         ids = next_ids
         t += 1
-    return tf.transpose(out.stack()), shown, first, kept
+    return tf.transpose(out.stack()), shown, first, kept, log_probability
 
 
 def dims(x):
     """x's dimensions: ints where known when traced, scalar tensors where not."""
     return [size if size is not None else tf.shape(x)[axis] for axis, size in enumerate(x.shape)]
+
+
+def slot_mask(slot_class, masks, rhyme_rows):
+    """[n, width]: each stream's mask for the class of its slot; rhyme_rows [n, width] its rhyme group's.
+
+    Selects, which XLA fuses into the passes that read the mask; a gather of rows did not fuse.
+    """
+    mask = tf.where(tf.equal(slot_class, RHYME)[:, None], rhyme_rows, masks[FREE])
+    for row in (CLAUSE, LEVEL, OBLIQUE):
+        mask = tf.where(tf.equal(slot_class, row)[:, None], masks[row], mask)
+    return mask
+
+
+def log_softmax_at(logits, ids):
+    """Per row, log softmax(logits)[id]: the model's log-probability of the id, at temperature 1
+    and before any mask or filter."""
+    top = row_max(logits)
+    return tf.gather(logits, ids, batch_dims=1) - top - tf.math.log(row_sum(tf.exp(logits - top[:, None])))
+
+
+class Draft(typing.NamedTuple):
+    """A generated text and its score: the mean of the model's log-probability of each character it
+    sampled (log_softmax_at; forced characters left out), 0 if it sampled none."""
+
+    text: str
+    score: float
 
 
 class Generator:
@@ -387,6 +426,8 @@ class Generator:
         self.num_streams = num_streams
         self.banned = set(banned)
         self.masks = tf.constant(slot_masks(vocab, self.banned, width=self.step.output_kernel.shape[1]))
+        # What a clause may hold: metre_plan.Planner checks every slot's tone against it.
+        self.writable = frozenset(c for c in vocab.chars[1:] if poem_forms.is_ideograph(c) and c not in self.banned)
         if not np.isfinite(self.masks[FREE].numpy()).any():
             raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
@@ -398,7 +439,7 @@ class Generator:
         self.burn_in = (self.RECORD_BURN_IN_LIMIT if records else self.BURN_IN_LIMIT) if self.newline else 0
 
     def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 form=None, acrostic="", title=""):
+                 form=None, acrostic="", title="", metre=metre_plan.DEFAULT_METRE, rhyme="", best_of=1, scored=False):
         """num_streams texts that begin with prompt; the same seed gives the same texts.
 
         Free text stops after max_lines line breaks (0: no limit) or max_length characters, cut
@@ -407,13 +448,18 @@ class Generator:
         alone takes a five-character form (poem_forms.form_for_acrostic). max_length and max_lines
         do not apply to poems. temperature 0 is greedy; top_k 0 and top_p 1 switch those off.
         With records, a text is one record that ends at its empty line (max_lines does not apply):
-        the title line, given (title) or written by the model, then the prompt or poem. seed may
-        also be a list of (seed, count) groups of streams, counts summing to num_streams (see
-        stream_uniforms): several requests then share one call.
+        the title line, given (title) or written by the model, then the prompt or poem. A poem
+        follows metre ("off", "rhyme" or "strict", see metre_plan.py), drawing its pattern and rhyme
+        group from the seed, or rhyming in the group that the character rhyme names. best_of N
+        writes N drafts of each text in one batch and keeps the one of the highest score (Draft);
+        scored returns Drafts instead of texts. seed may also be a list of (seed, count) groups of
+        streams, counts summing to num_streams (see stream_uniforms): several requests then share
+        one call.
         """
         check_seen(self.vocab, {"the start string": prompt, "the acrostic": acrostic, "the title": title})
         head = self.title_slots(title)
         poem = bool(form or acrostic)
+        metre_plan.check_request(metre, rhyme, poem)
         if poem:
             form = poem_forms.find_form(form) if form else poem_forms.form_for_acrostic(acrostic)
             slots = head + poem_forms.template(form, acrostic, prompt)
@@ -425,13 +471,19 @@ class Generator:
             max_lines = 0
         room = bucket(length)  # few distinct shapes, so few compilations
         forced, classes = self.plan_arrays(slots, room)
+        streams = self.num_streams * best_of
+        # The title's slots come first; the planner places the poem's own.
+        planner = metre_plan.Planner(form, slots[len(head):], metre, rhyme, self.writable) if poem and metre != "off" else None
+        groups = seed_groups(seed, streams)
+        classes, rhymes = self.metre_arrays(classes, groups, planner, offset=len(head))
         steps = self.burn_in + room
-        ids, shown, first, kept = generation_loop(
+        score = best_of > 1 or scored
+        ids, shown, first, kept, log_probability = generation_loop(
             self.step,
             self.masks,
-            tf.constant(np.tile(forced, (self.num_streams, 1))),
-            tf.constant(np.tile(classes, (self.num_streams, 1))),
-            stream_uniforms(seed, steps, self.num_streams),
+            tf.constant(np.tile(forced, (streams, 1))),
+            tf.constant(classes),
+            stream_uniforms(groups, steps),
             tf.constant(length),
             tf.constant(max_lines),
             tf.constant(self.newline),
@@ -439,14 +491,20 @@ class Generator:
             self.records,
             self.records and not title,
             *decoding_args(temperature, top_k, top_p, len(self.vocab)),
+            tf.constant(rhymes),
+            score,
             many=self.many,
         )
-        rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept.numpy()))
+        kept = kept.numpy()
+        rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept))
         texts = [self.vocab.decode(row[start : begin + count]) for row, start, begin, count in rows]
-        if poem:
+        if not poem:
+            # The model's title and the given slots stay, whatever whole_lines cuts.
+            texts = [whole_lines(text, begin - start + len(slots)) for text, (_, start, begin, _) in zip(texts, rows)]
+        if not score:
             return texts
-        # The model's title and the given slots stay, whatever whole_lines cuts.
-        return [whole_lines(text, begin - start + len(slots)) for text, (_, start, begin, _) in zip(texts, rows)]
+        drafts = best_drafts(texts, mean_scores(log_probability.numpy(), kept, forced), best_of)
+        return drafts if scored else [draft.text for draft in drafts]
 
     def title_slots(self, title):
         """The slots of a title line: its characters and a line break; none without a title."""
@@ -462,7 +520,7 @@ class Generator:
         return list(title) + [NEWLINE]
 
     def plan_arrays(self, slots, room):
-        """(forced ids, mask rows) for room + 1 kept characters: the slots, then free ones."""
+        """(forced ids, mask classes) for room + 1 kept characters: the slots, then free ones."""
         forced = np.full(room + 1, -1, np.int32)
         classes = np.full(room + 1, FREE, np.int32)
         for i, slot in enumerate(slots):
@@ -475,6 +533,28 @@ class Generator:
                 "the model knows no Chinese character that is not banned, so it cannot write a poem form"
             )
         return forced, classes
+
+    def metre_arrays(self, classes, groups, planner, offset=0):
+        """(classes [streams, room + 1], rhyme rows [streams]): plan_arrays' classes for every stream
+        of the seed groups (seed_groups), with each stream's own tones and rhyme group drawn by
+        planner (a metre_plan.Planner, or None: no metre) from its group's seed, the poem's slots
+        starting at offset (after a title)."""
+        streams = sum(count for _, count in groups)
+        classes = np.tile(classes, (streams, 1))
+        rhymes = np.full(streams, RHYME, np.int32)
+        if planner is None:
+            return classes, rhymes
+        rows = {group.index: RHYME + k for k, group in enumerate(metre_lib.level_groups())}
+        stream = 0
+        for seed, count in groups:
+            rng = np.random.default_rng(seed % 2**64)
+            for _ in range(count):
+                choice, group = planner.draw(rng)
+                for index, requirement in choice.requirements.items():
+                    classes[stream, offset + index] = CLASS_OF_REQUIREMENT[requirement]
+                rhymes[stream] = rows[group.index]
+                stream += 1
+        return classes, rhymes
 
     def fixed_id(self, char):
         if char in self.banned:
@@ -497,19 +577,22 @@ def check_seen(vocab, texts):
             raise read_utils.InputError(f"{name} has characters the model never saw: {' '.join(unseen)}; leave them out")
 
 
-def stream_uniforms(seed, steps, num_streams):
-    """[steps, num_streams] uniform numbers, one column per stream, for the sampler.
+def seed_groups(seed, streams):
+    """seed as a list of (seed, count) groups of streams: an int seeds them all.
 
-    seed: an int for all streams, or a list of (seed, count) groups whose counts sum to
-    num_streams. Each group's columns are the ones a Generator of count streams draws from that
-    seed alone, so a group writes what sample.py writes with that --seed and --num_samples, as
-    long as both calls run in the same arithmetic: both with fewer than MANY_STREAMS streams, or
-    both with at least that many (bfloat16 rounding sends a poem down another path).
+    A list's counts must sum to streams. Each group draws what a Generator of count streams draws
+    from that seed alone (stream_uniforms, Generator.metre_arrays), so a group writes what sample.py
+    writes with that --seed and --num_samples, in the same arithmetic (Generator's reproducible).
     """
-    groups = [(seed, num_streams)] if isinstance(seed, int) else seed
-    if sum(count for _, count in groups) != num_streams:
-        raise ValueError(f"seed groups {groups} do not add up to {num_streams} streams")
-    return tf.concat([tf.random.stateless_uniform([steps, count], seed=[group_seed, 0]) for group_seed, count in groups], 1)
+    groups = [(seed, streams)] if isinstance(seed, int) else [(int(s), int(count)) for s, count in seed]
+    if sum(count for _, count in groups) != streams:
+        raise ValueError(f"seed groups {groups} do not add up to {streams} streams")
+    return groups
+
+
+def stream_uniforms(groups, steps):
+    """[steps, streams] uniform numbers, one column per stream, for the seed groups (seed_groups)."""
+    return tf.concat([tf.random.stateless_uniform([steps, count], seed=[seed, 0]) for seed, count in groups], 1)
 
 
 def decoding_args(temperature, top_k, top_p, vocab_size):
@@ -524,15 +607,37 @@ def decoding_args(temperature, top_k, top_p, vocab_size):
 
 
 def slot_masks(vocab, banned, width):
-    """[2, width] additive masks: row FREE bans the unknown token and banned characters; row
-    CLAUSE also every character that is not a CJK ideograph (punctuation, line breaks, letters).
-    Ids past the vocabulary (the logits' padding) are banned in both."""
+    """[RHYME + 30, width] additive masks, a row per class of slot: row FREE bans the unknown token
+    and banned characters; row CLAUSE also every character that is not a CJK ideograph
+    (punctuation, line breaks, letters); rows LEVEL and OBLIQUE also the characters without a
+    reading of that tone in the 平水韵 table (those outside it included), and row RHYME + k those
+    outside the k-th level rhyme group. Ids past the vocabulary (the logits' padding) are banned in all."""
     free = np.full(width, -np.inf, np.float32)
     free[1 : len(vocab)] = 0
     free[np.array([vocab.id_of(char) for char in banned], int)] = -np.inf
     clause = free.copy()
     clause[[i for i, char in enumerate(vocab.chars) if not poem_forms.is_ideograph(char)]] = -np.inf
-    return np.stack([free, clause])
+
+    def within(chars):
+        row = clause.copy()
+        row[[i for i, char in enumerate(vocab.chars) if char not in chars]] = -np.inf
+        return row
+
+    tones = [within(metre_lib.chars_of_tone(tone)) for tone in (metre_lib.LEVEL, metre_lib.OBLIQUE)]
+    return np.stack([free, clause, *tones, *(within(group.chars) for group in metre_lib.level_groups())])
+
+
+def mean_scores(log_probability, kept, forced):
+    """Each stream's summed log-probability over the number of characters it sampled (0 for none):
+    its first kept[stream] characters, less those the plan forced."""
+    sampled = np.cumsum(np.concatenate([[0], forced < 0]))[kept]
+    return np.divide(log_probability, sampled, out=np.zeros_like(log_probability), where=sampled > 0)
+
+
+def best_drafts(texts, scores, best_of):
+    """Draft of the highest score among each run of best_of consecutive texts (a text's drafts)."""
+    best = np.asarray(scores).reshape(-1, best_of).argmax(1) + np.arange(0, len(texts), best_of)
+    return [Draft(texts[i], float(scores[i])) for i in best]
 
 
 def bucket(length):

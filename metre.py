@@ -89,7 +89,8 @@ def _is_checked(position, clause_length):
     return position % 2 == 1 or position == clause_length - 1
 
 
-def _free_positions(clause_length):
+def free_positions(clause_length):
+    """The positions (0-based) whose tone no pattern checks: 1, 3 (and 5) in 1-based terms."""
     return [i for i in range(clause_length) if not _is_checked(i, clause_length)]
 
 
@@ -235,7 +236,7 @@ class RhymeTable:
         n = len(clause)
         if any(_is_checked(i, n) and not self.can_be(char, tone) for i, (char, tone) in enumerate(zip(clause, tones))):
             return False
-        if _risks_lone_level(tones) and not any(self.can_be(clause[i], LEVEL) for i in _free_positions(n)):
+        if _risks_lone_level(tones) and not any(self.can_be(clause[i], LEVEL) for i in free_positions(n)):
             return False
         return not (_risks_three_level_tail(tones) and not self.can_be(clause[n - 3], OBLIQUE))
 

@@ -6,8 +6,10 @@
     python sample.py --acrostic 春夏秋冬           # clause k begins with the k-th character (五言绝句)
     python sample.py --form wulv --acrostic 春夏秋冬 --start_string 春风
     python sample.py --name tang --title 春晓        # a run trained with --input tang: a poem of that title
+    python sample.py --form qijue --rhyme 东       # rhyming in the 平水韵's 东 group, in a standard tonal pattern
+    python sample.py --form wujue --metre off --best_of 8 --show_scores  # the likeliest of 8 drafts, with its score
 
-All samples are generated together, in one compiled loop over --num_samples streams.
+All samples are generated together, in one compiled loop over --num_samples (times --best_of) streams.
 
 Every model setting comes from the run's config.json; no model flag is repeated here, nor the
 corpus: a run trained on a corpus of records (--input tang: poems separated by empty lines) writes
@@ -17,6 +19,7 @@ whole poems, title line first, each ending with its poem. The run is checked bef
 from absl import app, flags
 
 import cli
+import metre_plan
 import poem_forms
 import read_utils
 import run_dir
@@ -36,7 +39,17 @@ flags.DEFINE_string("acrostic", "", "acrostic poem (藏头诗): clause k begins 
                     "--form, a 五言绝句 for up to 4 characters, a 五言律诗 for up to 8")
 flags.DEFINE_string("title", "", "the poem's title, written as its first line, then the poem (free, --form or "
                     "--acrostic); only for a run trained on titled poems (--input tang). Empty: the model writes one")
+flags.DEFINE_enum("metre", metre_plan.DEFAULT_METRE, metre_plan.METRES,
+                  "the metre of poems (--form, --acrostic): rhyme: the even clauses rhyme in one level group of "
+                  "the 平水韵; strict: that and a standard tonal pattern (平仄); off: the form alone")
+flags.DEFINE_string("rhyme", "", "under --metre rhyme or strict: rhyme in the level group of this character "
+                    "(e.g. 东; one of its groups if it has several); default: each poem draws a group, as often as "
+                    "the Tang poems rhyme in it")
 flags.DEFINE_integer("num_samples", 1, "samples generated together in one batch", lower_bound=1)
+flags.DEFINE_integer("best_of", 1, "write this many drafts of each sample in the same batch and keep the one "
+                     "the model finds likeliest (highest mean log-probability per sampled character)", lower_bound=1)
+flags.DEFINE_boolean("show_scores", False, "print each sample's score, the mean log-probability (nats) the model "
+                     "gives the characters it sampled, after it")
 flags.DEFINE_float("temperature", 0.8, "sampling temperature; 0 is greedy", lower_bound=0)
 flags.DEFINE_integer("top_k", 0, "sample only from the k most likely characters (0: all)", lower_bound=0)
 flags.DEFINE_float("top_p", 1.0, "nucleus sampling: the smallest set of characters with this much probability")
@@ -59,6 +72,7 @@ def main(argv):
     del argv
     checkpoint_dir = run_dir.path_of(FLAGS.name, FLAGS.checkpoint_dir)
     try:
+        check_metre_flags()
         run = run_dir.read_run(checkpoint_dir)
         if FLAGS.top_k > len(run.vocab):
             cli.fail(f"--top_k={FLAGS.top_k} is larger than the vocabulary ({len(run.vocab)}); use at most that")
@@ -70,7 +84,7 @@ def main(argv):
 
         gen = generator.Generator(run.config, run.vocab, run_dir.latest_checkpoint(checkpoint_dir), FLAGS.num_samples,
                                   banned=FLAGS.ban, records=run_dir.trained_on_records(run.record))
-        texts = gen.generate(
+        samples = gen.generate(
             FLAGS.start_string,
             max_length=FLAGS.max_length,
             max_lines=max_lines,
@@ -81,10 +95,30 @@ def main(argv):
             form=FLAGS.form,
             acrostic=FLAGS.acrostic,
             title=FLAGS.title,
+            metre=FLAGS.metre,
+            rhyme=FLAGS.rhyme,
+            best_of=FLAGS.best_of,
+            scored=FLAGS.show_scores,
         )
     except read_utils.InputError as e:
         cli.fail(e)
-    print("\n\n".join(text.rstrip("\n") for text in texts))
+    print("\n\n".join(map(shown, samples)))
+
+
+def check_metre_flags():
+    """--metre and --rhyme apply to poems: a one-line error when they are given without one, or
+    --rhyme names no level rhyme group."""
+    poem = bool(FLAGS.form or FLAGS.acrostic)
+    if FLAGS["metre"].present and not poem:
+        cli.fail("--metre applies to poems of a form: add --form or --acrostic, or leave --metre out")
+    metre_plan.check_request(FLAGS.metre, FLAGS.rhyme, poem)
+
+
+def shown(sample):
+    """A sample as printed: its text; with --show_scores (sample a generator.Draft) its score on a line after it."""
+    if FLAGS.show_scores:
+        return f"{sample.text.rstrip(chr(10))}\n(score {sample.score:.3f})"
+    return sample.rstrip("\n")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ class SavedGenerator(tf.Module):
             lambda: self.forms.plan(form_index, head_ids, start_ids),
             lambda: free_plan(start_ids, tf.maximum(max_length, start_lengths), max_lines),
         )
-        ids, shown, first, kept = self.run_loop(forced, classes, length, max_lines, temperature, top_k, top_p, seed)
+        ids, shown, first, kept, _ = self.run_loop(forced, classes, length, max_lines, temperature, top_k, top_p, seed)
         return self.kept_texts(ids, shown, first, kept, ~poem, start_lengths)
 
     def run_loop(self, forced, classes, length, max_lines, temperature, top_k, top_p, seed):
@@ -172,6 +172,8 @@ class SavedGenerator(tf.Module):
                 temperature if sampled else None,
                 top_k if with_top_k else None,
                 top_p if with_top_p else None,
+                tf.fill(tf.shape(length), generator.RHYME),  # no rhyme row is used: forms without metre
+                False,  # no scores
                 many=many,
             )
 

@@ -3,7 +3,7 @@
 Concurrent requests whose settings can share a generation call (everything but the seed and the
 number of poems) are gathered into one Generator.generate call of up to max_batch streams. Each
 request keeps its own seed: its streams draw the random numbers that sample.py draws with that
---seed and --num_samples (generator.stream_uniforms), so its poems can be written again there.
+--seed and --num_samples (generator.seed_groups), so its poems can be written again there.
 """
 
 import asyncio

@@ -63,9 +63,10 @@ def call_exported(saved_model, requests, tmp_path):
 
 
 def generate_in_process(run_dir, streams, start="", **settings):
-    """Generator.generate's texts (sample.py's) for a request made with `streams` copies of start."""
+    """Generator.generate's texts (sample.py's, with --metre off: the export writes forms without
+    metre) for a request made with `streams` copies of start."""
     config, vocab, path = generator.load_run(run_dir)
-    return generator.Generator(config, vocab, path, streams).generate(start, **settings)
+    return generator.Generator(config, vocab, path, streams).generate(start, metre="off", **settings)
 
 
 @pytest.fixture(scope="module")

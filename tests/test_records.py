@@ -51,10 +51,10 @@ def run_loop(script, slots="", records=True, model_title=True, length=64, max_li
     for i, char in enumerate(slots):
         forced[i] = CHARS.index(char)
     masks = tf.zeros([2, WIDTH])
-    ids, shown, first, kept = generator.generation_loop(
+    ids, shown, first, kept, _ = generator.generation_loop(
         ScriptedStep(tf.constant(script_ids)), masks, tf.constant([forced]), tf.zeros([1, length + 1], tf.int32),
         tf.zeros([steps, 1]), tf.constant(length), tf.constant(max_lines), tf.constant(1), tf.constant(burn_in),
-        records, model_title, None, None, None, many=False,
+        records, model_title, None, None, None, tf.fill([1], generator.RHYME), False, many=False,
     )
     row, start, end = ids.numpy()[0], int(shown[0]), int(first[0] + kept[0])
     return text_of(row[start:end])
