@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from absl import logging
 from fastapi import exceptions, responses
 
 import generator
+import metre_plan
 import poem_forms
 import read_utils
 import run_dir
@@ -31,7 +31,6 @@ import run_dir
 FREE_TEXT_LINES = 4  # sample.py's --max_lines default: free text stops after four lines
 MAX_LENGTH = 512  # most characters of free text a request may ask for
 SEED_LIMIT = 2**31
-OPTIONAL_FEATURES = ("title", "metre")  # generate() arguments that only newer generators take
 WARM_UP = (  # generate() settings compiled at start-up: one shape of each poem length and free text
     {"form": "五言绝句"},  # the length bucket of 五言绝句, 七言绝句 and 五言律诗
     {"form": "七言律诗"},
@@ -55,13 +54,13 @@ def request_model(max_poems, vocab_size):
         start_string: str = pydantic.Field(
             "", max_length=64, description="text every poem begins with, up to 64 characters the model knows (--start_string)")
         title: str = pydantic.Field(
-            "", max_length=32, description="the poem's title, up to 32 characters (--title; only with a generator that takes titles)")
+            "", max_length=32, description="the poem's title, up to 32 characters (--title; only for a run trained on titled poems, --input tang)")
         acrostic: str = pydantic.Field(
             "", max_length=8, description="藏头诗 heads, up to 8 Chinese characters: clause k begins with the k-th (--acrostic)")
         form: Literal[tuple(poem_forms.FORM_NAMES)] | None = pydantic.Field(
             None, description=f"a fixed form, one of {', '.join(poem_forms.FORM_NAMES)}; left out: free text (--form)")
         metre: Literal["off", "rhyme", "strict"] | None = pydantic.Field(
-            None, description="off, rhyme or strict (--metre; only with a generator that takes metre)")
+            None, description=f"off, rhyme or strict, for a poem of a form or an acrostic (--metre; default {metre_plan.DEFAULT_METRE})")
         temperature: float = pydantic.Field(0.8, ge=0, le=10, description="a number from 0 (greedy) to 10 (--temperature)")
         top_k: int = pydantic.Field(
             0, ge=0, le=vocab_size, description=f"a number of most likely characters to sample from, 0 (all) to {vocab_size} (--top_k)")
@@ -133,27 +132,29 @@ def validation_message(error, request_class):
     return field, f"{field}: {error['msg']} (got {shown}); {field} takes {description}"
 
 
-def optional_features():
-    """{feature: whether Generator.generate takes it} for OPTIONAL_FEATURES."""
-    parameters = inspect.signature(generator.Generator.generate).parameters
-    return {name: name in parameters for name in OPTIONAL_FEATURES}
-
-
-def check_request(request, vocab, supports):
-    """RequestError for what the request model cannot see: features this generator lacks,
-    characters the model never saw, an acrostic or start string that does not fit the form."""
-    for feature in OPTIONAL_FEATURES:
-        if getattr(request, feature) not in (None, "") and not supports[feature]:
-            raise RequestError(feature, f"this run's generator does not support {feature} yet; leave {feature} out")
+def check_request(request, pool):
+    """RequestError for what the request model cannot see, before the request joins a shared call:
+    a title for a run without titles, characters the model never saw, an acrostic or start string
+    that does not fit the form, or a metre they contradict."""
+    if request.title and not pool.records:
+        raise RequestError("title", "this run was not trained on titled poems (train.py --input tang); leave title out")
     for field in ("start_string", "title", "acrostic"):
         with blaming(field):
-            generator.check_seen(vocab, {field: getattr(request, field)})
-    if request.form or request.acrostic:
+            generator.check_seen(pool.vocab, {field: getattr(request, field)})
+    poem = bool(request.form or request.acrostic)
+    with blaming("metre"):
+        if request.metre is not None and not poem:
+            raise read_utils.InputError("metre applies to a poem of a form or an acrostic: set form or acrostic, or leave metre out")
+    if poem:
         form = poem_forms.find_form(request.form) if request.form else poem_forms.form_for_acrostic(request.acrostic)
         with blaming("acrostic"):
             poem_forms.check_acrostic(form, request.acrostic)
         with blaming("start_string"):
-            poem_forms.template(form, request.acrostic, request.start_string)
+            slots = poem_forms.template(form, request.acrostic, request.start_string)
+        metre = request.metre or metre_plan.DEFAULT_METRE
+        if metre != "off":
+            with blaming("metre"):
+                metre_plan.Planner(form, slots, metre, "", pool.writable)
 
 
 @contextlib.contextmanager
@@ -166,10 +167,7 @@ def blaming(field):
 
 
 def generate_settings(request):
-    """Generator.generate's keyword arguments but the seed, as sorted items: the key of a shared call.
-
-    title and metre are passed only when set, so a generator without them serves every other request.
-    """
+    """Generator.generate's keyword arguments but the seed, as sorted items: the key of a shared call."""
     settings = {
         "prompt": request.start_string,
         "max_length": request.max_length,
@@ -180,10 +178,8 @@ def generate_settings(request):
         "form": poem_forms.find_form(request.form).name if request.form else None,
         "acrostic": request.acrostic,
     }
-    if request.title:
-        settings["title"] = request.title
-    if request.metre is not None:
-        settings["metre"] = request.metre
+    settings["title"] = request.title
+    settings["metre"] = request.metre or metre_plan.DEFAULT_METRE
     return tuple(sorted(settings.items()))
 
 
@@ -243,11 +239,12 @@ class GeneratorPool:
     def __init__(self, run, checkpoint_path, max_batch):
         self.vocab = run.vocab
         self.sizes = batch_sizes(max_batch)
-        records = run_dir.trained_on_records(run.record)
+        self.records = records = run_dir.trained_on_records(run.record)
         self.generators = {
             size: generator.Generator(run.config, run.vocab, checkpoint_path, size, records=records, reproducible=True)
             for size in self.sizes
         }
+        self.writable = self.generators[self.sizes[0]].writable  # the characters a poem's clauses may take
 
     def holding(self, streams):
         return self.generators[min(size for size in self.sizes if size >= streams)]
@@ -402,7 +399,7 @@ class BodyLimit:
 def make_app(pool, run, page, max_batch, wait_seconds, max_body_bytes):
     """The FastAPI app serving the page (HTML text), POST /api/poems, GET /api/health and /openapi.json."""
     batcher = Batcher(pool, max_batch, wait_seconds)
-    supports = optional_features()
+    supports = {"title": pool.records, "metre": True}  # what the page offers: titles need a run of titled poems
     request_class = request_model(max_batch, len(pool.vocab))
     settings_class = settings_model(request_class)
 
@@ -457,12 +454,15 @@ def make_app(pool, run, page, max_batch, wait_seconds, max_body_bytes):
         summary="Write poems",
     )
     async def poems(request: request_class):
-        check_request(request, pool.vocab, supports)
+        check_request(request, pool)
         seed = secrets.randbelow(SEED_LIMIT) if request.seed is None else request.seed
         try:
             texts = await batcher.write(generate_settings(request), seed, request.num_samples)
         except read_utils.InputError as e:  # e.g. a run whose vocabulary has no poem punctuation
             raise RequestError(None, str(e)) from None
-        return {"poems": texts, "settings": request.model_dump() | {"seed": seed, "max_lines": FREE_TEXT_LINES}}
+        used = {"seed": seed, "max_lines": FREE_TEXT_LINES}
+        if request.form or request.acrostic:
+            used["metre"] = request.metre or metre_plan.DEFAULT_METRE
+        return {"poems": texts, "settings": request.model_dump() | used}
 
     return app

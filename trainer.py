@@ -201,16 +201,21 @@ class StopRequest:
 
 def run_training(run, reader, evaluator, logdir, sampler):
     """Trains to --max_steps, or, under --time_budget with no step count decided yet, through the
-    warmup, then decides the step count (steps_within) and trains to it. logdir None writes no
-    logs (a non-chief worker)."""
+    warmup, then decides the step count (decide_steps), and once more a third of the way there,
+    and trains to it. logdir None writes no logs (a non-chief worker)."""
     loop = TrainingLoop(run, reader, evaluator, logdir, sampler)
     try:
         if FLAGS.max_steps is None:
             measured_from = loop.step + 2 * FLAGS.steps_per_execution  # after the calls that trace and compile
             decision = max(FLAGS.warmup_steps, measured_from + BUDGET_RATE_STEPS)
             if loop.train_to(measured_from) and loop.train_to(decision):
-                decide_steps(loop, measured_from)
-        if FLAGS.max_steps is not None:
+                event_seconds = decide_steps(loop, measured_from)
+                # The first steps' rate can be off (other work on the machine, caches still cold): the
+                # end is fixed again from the rate of a third of the run.
+                measured_from = loop.step
+                if loop.train_to(loop.step + (FLAGS.max_steps - loop.step) // 3):
+                    decide_steps(loop, measured_from, event_seconds)
+        if FLAGS.max_steps is not None:  # None: stopped before the budget decided it
             loop.train_to(FLAGS.max_steps)
     finally:
         loop.flush()
@@ -220,19 +225,21 @@ def run_training(run, reader, evaluator, logdir, sampler):
 BUDGET_RATE_STEPS = 48  # steps timed, after the warmup's compilation, to measure a budgeted run's step rate
 
 
-def decide_steps(loop, measured_from):
-    """Fixes --max_steps so that the learning-rate decay ends when --time_budget does.
+def decide_steps(loop, measured_from, event_seconds=None):
+    """Fixes --max_steps so that the learning-rate decay ends when --time_budget does; returns the
+    time one validation, checkpoint and poem sample takes.
 
-    The step rate is measured over the steps since measured_from; one validation, checkpoint and
-    poem sample, made here, measure what each of those events costs. config.json then records the
-    steps, so a resumed run finishes the same schedule.
+    The step rate is measured over the steps since measured_from, the events' time left out. Without
+    event_seconds, one validation, checkpoint and poem sample, made here, measure it. config.json
+    then records the steps, so a resumed run finishes the same schedule.
     """
     step = loop.step
-    steps_per_second = (step - measured_from) / (time.perf_counter() - loop.times[measured_from])
-    event_start = time.perf_counter()
-    loop.validate(step)
-    loop.save(step)
-    event_seconds = time.perf_counter() - event_start
+    steps_per_second = (step - measured_from) / loop.training_seconds_since(measured_from)
+    if event_seconds is None:
+        event_start = time.perf_counter()
+        loop.validate(step)
+        loop.save(step)
+        event_seconds = time.perf_counter() - event_start
     seconds_left = loop.run.budget_seconds - (time.perf_counter() - loop.run.started)
     total = steps_within(seconds_left, step, steps_per_second, event_seconds, (FLAGS.eval_every, FLAGS.save_every_n))
     FLAGS.max_steps = total
@@ -241,6 +248,7 @@ def decide_steps(loop, measured_from):
         loop.run.record_steps(total)
     logging.info("--time_budget %s: training for %d steps (%.1f steps/s; %.1f s a validation and checkpoint)",
                  FLAGS.time_budget, total, steps_per_second, event_seconds)
+    return event_seconds
 
 
 def steps_within(seconds_left, step, steps_per_second, event_seconds, event_intervals):
@@ -275,7 +283,8 @@ class TrainingLoop:
         self.progress = Progress(self.step, FLAGS.max_steps, run.started, run.budget_seconds)
         self.chars_per_step = reader.batch_size * reader.seq_length
         self.tick, self.tick_step = time.perf_counter(), self.step
-        self.times = {self.step: self.tick}  # when each call ended, by its last step
+        self.paused_seconds = 0.0  # spent in validation, checkpoints and poem samples
+        self.times = {self.step: (self.tick, 0.0)}  # (when each call ended, paused_seconds by then), by its last step
         self.states = distribute.split_batch(run.strategy, [tf.convert_to_tensor(state) for state in run.states])
         self.stop = StopRequest()
 
@@ -284,7 +293,9 @@ class TrainingLoop:
         self.progress.set_total(total)
 
     def train_to(self, end):
-        """Trains up to step end; False when Ctrl-C stopped it first."""
+        """Trains up to step end; False when Ctrl-C stopped it first (now or before)."""
+        if self.stop.requested:
+            return False
         event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
         calls = read_utils.call_plan(self.step, end, FLAGS.steps_per_execution, event_intervals)
         for x, y, starts_epoch in window_dataset(self.reader, calls):
@@ -301,7 +312,7 @@ class TrainingLoop:
                                                            starts_epoch)
         step, losses = int(run.optimizer.iterations.numpy()), losses.numpy()
         self.step = step
-        self.times[step] = time.perf_counter()
+        self.times[step] = (time.perf_counter(), self.paused_seconds)
         if not np.isfinite(losses).all():
             bad = int(np.argmin(np.isfinite(losses)))  # the call's first step with a non-finite loss
             cli.fail(
@@ -336,7 +347,13 @@ class TrainingLoop:
         started = time.perf_counter()
         result = event(step)
         self.tick += time.perf_counter() - started
+        self.paused_seconds += time.perf_counter() - started
         return result
+
+    def training_seconds_since(self, step):
+        """Seconds spent training since the call that ended at step, the events' time left out."""
+        then, paused_then = self.times[step]
+        return time.perf_counter() - then - (self.paused_seconds - paused_then)
 
     def validate(self, step):
         """The validation loss, logged; [("val_loss", loss)], or [] without held-out text."""

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+import metre
+
 from conftest import ROOT, run_script
 
 pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them all, against one server
@@ -217,14 +219,17 @@ def test_a_body_over_the_limit_without_a_length_is_refused_too(server):
     assert server.health()["status"] == "ok"
 
 
-@pytest.mark.parametrize("feature, value", [("title", "春夜"), ("metre", "strict")])
-def test_title_and_metre_are_passed_on_only_to_a_generator_that_takes_them(server, feature, value):
-    status, answer, _ = server.request("POST", "/api/poems", {"form": "五言绝句", feature: value, "seed": 1})
-    if server.health()["supports"][feature]:
-        assert status == 200 and answer["settings"][feature] == value
-    else:
-        assert (status, answer["field"]) == (422, feature)
-        assert f"does not support {feature} yet" in answer["detail"]
+def test_metre_is_applied_and_a_title_needs_a_run_of_titled_poems(server):
+    status, answer, _ = server.request("POST", "/api/poems", {"form": "五言绝句", "metre": "rhyme", "seed": 1})
+    assert status == 200 and answer["settings"]["metre"] == "rhyme"
+    assert metre.rhymes(answer["poems"][0])
+    status, answer, _ = server.request("POST", "/api/poems", {"form": "五言绝句", "seed": 1})
+    assert status == 200 and answer["settings"]["metre"] == "strict"  # sample.py's default, reported
+    assert server.health()["supports"] == {"title": False, "metre": True}  # the toy run has no titles
+    status, answer, _ = server.request("POST", "/api/poems", {"form": "五言绝句", "title": "春夜"})
+    assert (status, answer["field"]) == (422, "title") and "--input tang" in answer["detail"]
+    status, answer, _ = server.request("POST", "/api/poems", {"metre": "strict"})
+    assert (status, answer["field"]) == (422, "metre") and "set form or acrostic" in answer["detail"]
 
 
 def test_openapi_describes_the_request_fields(server):
