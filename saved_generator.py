@@ -172,7 +172,7 @@ class SavedGenerator(tf.Module):
                 temperature if sampled else None,
                 top_k if with_top_k else None,
                 top_p if with_top_p else None,
-                tf.fill(tf.shape(length), generator.RHYME),  # no rhyme row is used: forms without metre
+                tf.ensure_shape(tf.fill(tf.shape(length), generator.RHYME), [known_streams]),  # forms without metre
                 False,  # no scores
                 many=many,
             )

@@ -188,7 +188,7 @@ def test_train_and_sample_on_tang_by_name(tmp_path):
     # The recipe set the flags the command line left out, and config.json says which.
     given = set(TINY_MODEL[::2]) | {"--max_steps"}
     assert corpus["recipe"] == {k: v for k, v in corpora.RECIPES["tang"].items() if f"--{k}" not in given}
-    assert "num_layers" in corpus["recipe"] and "lstm_size" not in corpus["recipe"]
+    assert "time_budget" in corpus["recipe"] and "lstm_size" not in corpus["recipe"]
     # Resumed without --input, the run keeps its corpus and its recipe.
     resumed = run_script("train.py", "--checkpoint_dir", run_dir, "--max_steps", 4, "--eval_poems", 0)
     assert "is not the corpus this run started on" not in resumed.stderr
