@@ -50,7 +50,7 @@ def run_loop(script, slots="", records=True, model_title=True, length=64, max_li
     forced = [-1] * (length + 1)
     for i, char in enumerate(slots):
         forced[i] = CHARS.index(char)
-    masks = tf.zeros([2, WIDTH])
+    masks = tf.zeros([generator.RHYME + 1, WIDTH])  # every slot class and one rhyme row: nothing masked
     ids, shown, first, kept, _ = generator.generation_loop(
         ScriptedStep(tf.constant(script_ids)), masks, tf.constant([forced]), tf.zeros([1, length + 1], tf.int32),
         tf.zeros([steps, 1]), tf.constant(length), tf.constant(max_lines), tf.constant(1), tf.constant(burn_in),
