@@ -10,7 +10,7 @@ source repository, and checked against its sha256 in data/SHA256SUMS (kept in th
 with another checksum is refused by name and never read. data/README.md says where the corpora
 come from and under which licence.
 
-The prepared tang layout (DESIGN.md) is one record per poem: the title line, one line per couplet
+The prepared tang layout (docs/DESIGN.md) is one record per poem: the title line, one line per couplet
 (the body cut after each 。？！), then an empty line:
 
     春晓

@@ -25,10 +25,10 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.process)
 
 
-def couplets(n, seed=0):
-    """n lines of the corpus' form: five characters, '，', five characters, '。'."""
+def couplets(n, seed=0, chars=CHARS):
+    """n lines of the corpus' form: five characters of chars, '，', five characters, '。'."""
     rng = random.Random(seed)
-    clause = lambda: "".join(rng.choice(CHARS) for _ in range(5))  # noqa: E731
+    clause = lambda: "".join(rng.choice(chars) for _ in range(5))  # noqa: E731
     return "".join(f"{clause()}，{clause()}。\n" for _ in range(n))
 
 
@@ -69,13 +69,13 @@ def run_script(script, *args, check=True, cwd=ROOT):
 TINY_MODEL = ["--lstm_size", 32, "--embedding_size", 16, "--batch_size", 8, "--seq_length", 16]
 
 
-def train_toy_run(root, lines, *args):
-    """Writes a toy corpus of couplets under root and trains a tiny run on it through train.py.
+def train_toy_run(root, lines, *args, chars=CHARS):
+    """Writes a toy corpus of couplets of chars under root and trains a tiny run on it through train.py.
 
     Returns (run directory, corpus path).
     """
     corpus = root / "toy.txt"
-    corpus.write_text(couplets(lines), encoding="utf-8")
+    corpus.write_text(couplets(lines, chars=chars), encoding="utf-8")
     run_dir = root / "run"
     run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, *args)
     return run_dir, corpus

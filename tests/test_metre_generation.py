@@ -2,7 +2,6 @@
 whatever the model would rather write, impossible requests are one-line errors, drafts are chosen
 by score."""
 
-import random
 import re
 
 import numpy as np
@@ -13,7 +12,7 @@ import metre
 import metre_plan
 import poem_forms
 import read_utils
-from conftest import TINY_MODEL, run_script
+from conftest import run_script, train_toy_run
 
 # A toy corpus over the 平水韵: level characters of two large groups (东, 阳) and of single-character
 # groups, oblique ones, three of both tones, and two outside the table that the corpus uses often,
@@ -29,21 +28,11 @@ FORMS = [form.name for form in poem_forms.FORMS]
 STREAMS = 200
 
 
-def toy_couplets(lines, seed=0):
-    rng = random.Random(seed)
-    clause = lambda: "".join(rng.choice(CORPUS_CHARS) for _ in range(5))  # noqa: E731
-    return "".join(f"{clause()}，{clause()}。\n" for _ in range(lines))
-
-
 @pytest.fixture(scope="module")
 def metre_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("metre_run")
-    corpus = root / "toy.txt"
-    corpus.write_text(toy_couplets(600), encoding="utf-8")
-    run = root / "run"
-    run_script("train.py", "--input", corpus, "--checkpoint_dir", run, *TINY_MODEL, "--max_steps", 200,
-               "--warmup_steps", 10, "--learning_rate", 0.01, "--eval_every", 200, "--save_every_n", 200,
-               "--eval_poems", 0)
+    run, _ = train_toy_run(tmp_path_factory.mktemp("metre_run"), 600, "--max_steps", 200, "--warmup_steps", 10,
+                           "--learning_rate", 0.01, "--eval_every", 200, "--save_every_n", 200, "--eval_poems", 0,
+                           chars=CORPUS_CHARS)
     return str(run)
 
 
