@@ -302,7 +302,7 @@ def choose(logits, uniform, temperature, top_k, top_p):
 
 @tf.function(jit_compile=True)
 def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, newline, burn_in, records,
-                    model_title, temperature, top_k, top_p, rhymes, score, many):
+                    model_title, temperature, top_k, top_p, rhymes, score, many, bfloat16):
     """(ids [n, steps], first shown step [n], first kept step [n], kept characters [n], log-probability [n])
     of n streams.
 
@@ -316,14 +316,13 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     or with the title the model writes. temperature, top_k, top_p as in choose(). With score, the
     log-probability is the sum over the stream's sampled kept characters of the model's own
     log-probability of each (log_softmax_at); without it, zeros. many: CharStep.ahead's form, for
-    tuning.MANY_STREAMS streams or more. records, model_title, score and many are Python booleans,
-    compiled into the loop; many is given apart from the shapes, which may be unknown when the loop
+    tuning.MANY_STREAMS streams or more; bfloat16: bfloat16 matmul inputs (CharStep). records,
+    model_title, score, many and bfloat16 are Python booleans, compiled into the loop; many is given apart from the shapes, which may be unknown when the loop
     is traced (saved_generator.py traces it for any number of streams and any length).
     Module-level, so every generator of the same shapes and decoding shares one compiled program.
     """
     steps, n = dims(uniforms)
     last_slot = dims(forced)[1] - 1  # the plan's padding entry: free, nothing forced
-    bfloat16 = tuning.sampling_bfloat16(many)
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
     rhyme_rows = tf.gather(masks, rhymes)  # [n, width], the same at every step
@@ -432,10 +431,11 @@ class Generator:
             raise read_utils.InputError("--ban bans every character the model knows; it could write nothing")
         self.newline = vocab.id_of(NEWLINE)  # 0 when the corpus has no line breaks: no burn-in then
         self.records = records
-        # Many streams take CharStep.ahead, and bfloat16 inputs on a CPU with AMX: faster, but its
-        # rounding leads a stream elsewhere than sample.py's few-stream arithmetic with the same
-        # seed; reproducible keeps the few-stream arithmetic for any number (serve.py's calls).
-        self.many = num_streams >= tuning.MANY_STREAMS and not reproducible
+        # Many streams take CharStep.ahead, and bfloat16 inputs on a CPU with AMX: faster, but
+        # bfloat16's rounding leads a stream elsewhere than sample.py's few-stream float32 with the
+        # same seed; reproducible keeps float32 for any number of streams (serve.py's calls).
+        self.many = num_streams >= tuning.MANY_STREAMS
+        self.bfloat16 = tuning.sampling_bfloat16(self.many) and not reproducible
         self.burn_in = (self.RECORD_BURN_IN_LIMIT if records else self.BURN_IN_LIMIT) if self.newline else 0
 
     def generate(self, prompt="", max_length=300, max_lines=0, temperature=1.0, top_k=0, top_p=1.0, seed=0,
@@ -494,6 +494,7 @@ class Generator:
             tf.constant(rhymes),
             score,
             many=self.many,
+            bfloat16=self.bfloat16,
         )
         kept = kept.numpy()
         rows = list(zip(ids.numpy(), shown.numpy(), first.numpy(), kept))

@@ -175,6 +175,7 @@ class SavedGenerator(tf.Module):
                 tf.ensure_shape(tf.fill(tf.shape(length), generator.RHYME), [known_streams]),  # forms without metre
                 False,  # no scores
                 many=many,
+                bfloat16=tuning.sampling_bfloat16(many),
             )
 
         return branch

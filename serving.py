@@ -232,8 +232,8 @@ class GeneratorPool:
     """A Generator for each of batch_sizes(max_batch): a call of n streams runs on the smallest
     that holds them, the rest padded, so only a few shapes are ever compiled.
 
-    Every size runs the arithmetic of sample.py's few-stream calls (Generator's reproducible), so
-    a request's poems are what sample.py writes with its seed, whatever else shares its call.
+    Every size computes in float32, as sample.py's few-stream calls do (Generator's reproducible),
+    so a request's poems are what sample.py writes with its seed, whatever else shares its call.
     """
 
     def __init__(self, run, checkpoint_path, max_batch):

@@ -54,7 +54,7 @@ def run_loop(script, slots="", records=True, model_title=True, length=64, max_li
     ids, shown, first, kept, _ = generator.generation_loop(
         ScriptedStep(tf.constant(script_ids)), masks, tf.constant([forced]), tf.zeros([1, length + 1], tf.int32),
         tf.zeros([steps, 1]), tf.constant(length), tf.constant(max_lines), tf.constant(1), tf.constant(burn_in),
-        records, model_title, None, None, None, tf.fill([1], generator.RHYME), False, many=False,
+        records, model_title, None, None, None, tf.fill([1], generator.RHYME), False, many=False, bfloat16=False,
     )
     row, start, end = ids.numpy()[0], int(shown[0]), int(first[0] + kept[0])
     return text_of(row[start:end])
