@@ -154,7 +154,7 @@ def check_request(request, pool):
         metre = request.metre or metre_plan.DEFAULT_METRE
         if metre != "off":
             with blaming("metre"):
-                metre_plan.Planner(form, slots, metre, "", pool.writable)
+                pool.check_metre(form, tuple(slots), metre)
 
 
 @contextlib.contextmanager
@@ -245,6 +245,12 @@ class GeneratorPool:
             for size in self.sizes
         }
         self.writable = self.generators[self.sizes[0]].writable  # the characters a poem's clauses may take
+        # The event loop checks each request's metre; most requests repeat a few forms and heads.
+        self.check_metre = functools.lru_cache(maxsize=4096)(self.plan_metre)
+
+    def plan_metre(self, form, slots, metre):
+        """Plans a poem under metre (metre_plan.Planner): an InputError when its fixed characters leave no pattern or rhyme."""
+        metre_plan.Planner(form, list(slots), metre, "", self.writable)
 
     def holding(self, streams):
         return self.generators[min(size for size in self.sizes if size >= streams)]
