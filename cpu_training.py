@@ -11,11 +11,11 @@ time, so training computes the same function by hand instead (losses):
 
 What it must equal: the Keras model's per-position losses in training mode, their gradients with
 respect to every weight, and the carried states, in float32 to rounding (under the bfloat16
-policy, to bfloat16 rounding); Adam: Keras' own Adam's weights and slots. tests/test_model.py
-proves each against the Keras layers: the losses, gradients and states of the model with and
-without embedding, dropout on, several layers (test_cpu_path_*), one call of several steps
-against one step a call, output_losses and cross_entropy against TensorFlow's loss, and Adam
-against keras.optimizers.Adam.
+policy, to bfloat16 rounding); Adam: Keras' own Adam's weights and slots. tests/test_cpu_training.py
+proves each: the logits, states and gradients of the model with and without embedding, dropout
+on, two layers, against the Keras layers (test_cpu_path_*); output_losses and cross_entropy against
+TensorFlow's loss; Adam against keras.optimizers.Adam; the training steps by hand against the
+steps through Keras. tests/test_trainer.py checks one call of several steps against one step a call.
 """
 
 import keras
