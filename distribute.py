@@ -14,8 +14,6 @@ import tensorflow as tf
 
 import read_utils
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
 
 def make_strategy(name, tpu="", cpu_devices=1):
     """The tf.distribute strategy called name; it must come before any other TensorFlow work.
