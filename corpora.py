@@ -63,22 +63,6 @@ TANG_LICENSE = "LICENSE"
 TANG_POEMS = tuple(f"全唐诗/poet.tang.{n}.json" for n in range(0, 58000, 1000))
 PREPARED_FORMAT = 1  # a change of the cleaning or the layout bumps it, so prepared texts are made again
 
-# Flag defaults chosen by the built-in corpus name. train.py applies them to a new run's flags that
-# the command line does not give and records them in config.json. poetry's recipe is train.py's
-# own defaults. tang's (3.6 M characters, 8,400 distinct) is the best of those tried for ten
-# minutes of training on 2 cores (docs/PERFORMANCE.md, "The Tang recipe"): wider windows and
-# batches and a wider LSTM, trained for a wall-clock budget that leaves room for the last
-# validation, so that `python train.py --input tang` ends within ten minutes on any CPU.
-RECIPES = {
-    POETRY: {},
-    TANG: {
-        "time_budget": "9m30s",
-        "batch_size": 64,
-        "seq_length": 32,
-        "lstm_size": 256,
-    },
-}
-
 
 def resolve(name_or_path, cache_dir=None):
     """The UTF-8 text file of a built-in corpus (downloaded and prepared on first use), or a path as given.

@@ -71,19 +71,22 @@ def main(argv):
 
 
 def report_loss(config, vocab, path, text):
+    """The loss on text over every character, and without those outside the vocabulary (unseen in
+    training, or too rare to learn: train.py --min_count), which the model gives only the unknown
+    token's probability between them."""
     import generator
     import monitor
 
-    ids = vocab.encode(text)
-    windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
+    windows = read_utils.EvalWindows(vocab.encode(text), FLAGS.num_streams, FLAGS.seq_length)
     evaluator = monitor.Evaluator(config, windows)
     generator.restore_weights(evaluator.model, path)
-    unknown = int((ids == 0).sum())
-    loss = evaluator.loss()
-    print(f"characters scored: {windows.num_targets:,} ({unknown:,} outside the vocabulary)")
-    print(f"loss: {loss:.4f} nats/char")
-    print(f"bits per character: {loss / math.log(2):.4f}")
-    print(f"perplexity: {math.exp(loss):.2f}")
+    losses = evaluator.losses()
+    print(f"characters scored: {windows.num_targets:,}, of which outside the vocabulary: "
+          f"{windows.num_unknown_targets:,} ({losses.unknown_share:.2%})")
+    print(f"loss: {losses.all:.4f} nats/char")
+    print(f"bits per character: {losses.all / math.log(2):.4f}")
+    print(f"perplexity: {math.exp(losses.all):.2f}")
+    print(f"loss on the characters in the vocabulary alone: {losses.known:.4f} nats/char")
 
 
 def report_poems(run, path):

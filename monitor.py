@@ -7,6 +7,7 @@
 """
 
 import os
+import typing
 
 import tensorflow as tf
 from tensorboard.plugins import projector
@@ -32,22 +33,37 @@ class Evaluator:
         self.model = model_lib.build_model(config)
 
         @tf.function(reduce_retracing=True)
-        def summed_loss(x, y, states):
+        def summed_losses(x, y, states):
+            """(loss summed over all targets, summed over the unknown ones, new states)."""
             logits, *states = self.model([x, *states], training=False)
-            return tf.reduce_sum(cpu_training.cross_entropy(logits, y)), states
+            losses = cpu_training.cross_entropy(logits, y)
+            return tf.reduce_sum(losses), tf.reduce_sum(tf.where(tf.equal(y, 0), losses, 0.0)), states
 
-        self.summed_loss = summed_loss
+        self.summed_losses = summed_losses
 
     def loss(self, source=None):
+        """The mean loss over every target, unknown characters included."""
+        return self.losses(source).all
+
+    def losses(self, source=None):
+        """Losses: the mean loss over all targets, and over those in the vocabulary, and the share unknown."""
         if source is not None:
             for target, value in zip(self.model.weights, source.weights):
                 target.assign(value)
         states = model_lib.zero_states(self.config, self.windows.num_streams)
-        total = 0.0
+        total = unknown = 0.0
         for x, y in self.windows:
-            summed, states = self.summed_loss(x, y, states)
-            total += float(summed)
-        return total / self.windows.num_targets
+            summed, summed_unknown, states = self.summed_losses(x, y, states)
+            total, unknown = total + float(summed), unknown + float(summed_unknown)
+        targets, unknown_targets = self.windows.num_targets, self.windows.num_unknown_targets
+        known = (total - unknown) / (targets - unknown_targets) if targets > unknown_targets else float("nan")
+        return Losses(total / targets, known, unknown_targets / targets)
+
+
+class Losses(typing.NamedTuple):
+    all: float  # mean loss per character, nats
+    known: float  # mean loss per character in the vocabulary (the unknown ones left out)
+    unknown_share: float  # the share of characters outside the vocabulary
 
 
 def log_run_config(logdir, run_config):

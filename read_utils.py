@@ -232,14 +232,16 @@ class Vocab:
         self._index = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def build(cls, text, max_vocab=0):
-        """From a text, most frequent first (ties by code point); max_vocab > 0 caps the size."""
-        return cls.from_counts(*np.unique(codepoints(text), return_counts=True), max_vocab)
+    def build(cls, text, max_vocab=0, min_count=1):
+        """From a text, most frequent first (ties by code point); max_vocab > 0 caps the size, and
+        characters that occur fewer than min_count times are left to the unknown entry."""
+        return cls.from_counts(*np.unique(codepoints(text), return_counts=True), max_vocab, min_count)
 
     @classmethod
-    def from_counts(cls, codes, counts, max_vocab=0):
+    def from_counts(cls, codes, counts, max_vocab=0, min_count=1):
         """From distinct code points and how often each occurs, as build() orders them."""
         order = np.lexsort((codes, -counts))
+        order = order[counts[order] >= min_count]
         if max_vocab > 0:
             order = order[: max_vocab - 1]
         return cls([UNKNOWN] + [chr(c) for c in codes[order]])
@@ -305,15 +307,18 @@ class Corpus(typing.NamedTuple):
     train_ids: np.ndarray
     val_ids: np.ndarray
     counts: np.ndarray  # occurrences of each id in the training ids
-    unseen: list  # training characters outside a given vocabulary (always empty for a built one)
+    unseen: list  # training characters outside a given vocabulary that min_count would keep (none for a built one)
     split: str  # LINES or RECORDS: what validation holds out (split_kind)
 
 
 CACHE_FORMAT = 1
 
 
-def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256=None):
+def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256=None, min_count=1):
     """The Corpus of a text file, encoded once into cache_dir and memory-mapped from there.
+
+    Characters that occur fewer than min_count times in the training text are trained as the
+    unknown character, so that the model keeps probability for characters it has not seen.
 
     The cache is reused while the file (by its sha256), the split and the vocabulary stay the
     same, and rebuilt otherwise. Encoding reads the file once to choose the split (split_kind) and
@@ -324,7 +329,7 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
     """
     sha256 = sha256 or sha256_of(path)
     key = {"format": CACHE_FORMAT, "corpus_sha256": sha256, "val_fraction": val_fraction,
-           "split": split_kind(path), "max_vocab": max_vocab, "given_vocab": vocab is not None}
+           "split": split_kind(path), "max_vocab": max_vocab, "min_count": min_count, "given_vocab": vocab is not None}
     cached = load_cached_corpus(cache_dir, key, vocab)
     if cached:
         return cached
@@ -336,7 +341,7 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
         counts_by_code = split_code_points(path, val_fraction, cache_dir, key["split"])
         if vocab is None:
             codes = np.flatnonzero(counts_by_code)
-            vocab = Vocab.from_counts(codes, counts_by_code[codes], max_vocab)
+            vocab = Vocab.from_counts(codes, counts_by_code[codes], max_vocab, min_count)
         for part in ("train", "val"):
             write_ids(os.path.join(cache_dir, f"{part}.cp"), os.path.join(cache_dir, f"{part}.npy"), vocab)
     except BaseException:
@@ -346,7 +351,8 @@ def encode_corpus(path, cache_dir, val_fraction, vocab=None, max_vocab=0, sha256
     np.add.at(counts, vocab.encode_codepoints(np.arange(UNICODE_SIZE)), counts_by_code)
     np.save(os.path.join(cache_dir, "counts.npy"), counts)
     vocab.save(os.path.join(cache_dir, "vocab.json"))
-    unseen = [chr(c) for c in np.flatnonzero(counts_by_code) if not vocab.encode_codepoints(c)] if key["given_vocab"] else []
+    frequent = np.flatnonzero(counts_by_code >= max(min_count, 1))
+    unseen = [chr(c) for c in frequent if not vocab.encode_codepoints(c)] if key["given_vocab"] else []
     write_json_atomic(meta_path, {"key": key, "unseen": unseen})
     return load_cached_corpus(cache_dir, key, vocab)
 
@@ -482,6 +488,7 @@ class EvalWindows:
         self.streams = ids[starts[:, None] + np.arange(stream_length + 1)[None, :]].astype(np.int32)
         self.seq_length = seq_length
         self.num_targets = self.num_streams * stream_length
+        self.num_unknown_targets = int((self.streams[:, 1:] == 0).sum())
 
     def __iter__(self):
         for k in range(0, self.streams.shape[1] - 1, self.seq_length):

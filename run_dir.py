@@ -40,8 +40,8 @@ class ModelConfig:
 
 # config.json's "model" section is ModelConfig; its "training" section holds these train.py flags.
 MODEL_FLAGS = tuple(field.name for field in dataclasses.fields(ModelConfig) if field.name != "vocab_size")
-READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "val_fraction")  # fix the reader's layout, as MODEL_FLAGS the model's
-RECIPE_FLAGS = ("max_steps", "time_budget", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed", "precision")
+READER_FLAGS = ("batch_size", "seq_length", "max_vocab", "min_count", "val_fraction")  # fix the reader's layout, as MODEL_FLAGS the model's
+RECIPE_FLAGS = ("max_steps", "time_budget", "max_epochs", "patience", "learning_rate", "warmup_steps", "min_lr_fraction", "grad_clip", "seed", "precision")
 
 
 def model_default(name):

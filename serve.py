@@ -27,7 +27,8 @@ flags.DEFINE_string("checkpoint_dir", None, "run directory written by train.py (
 flags.DEFINE_string("host", "127.0.0.1", "address to listen on; 0.0.0.0 (or ::) serves every network this machine is on")
 flags.DEFINE_integer("port", 8000, "port to listen on", lower_bound=1, upper_bound=65535)
 flags.DEFINE_integer("max_batch", 64, "most poems one generation call writes, and one request may ask for", lower_bound=1)
-flags.DEFINE_float("batch_wait_ms", 5.0, "how long a request waits for others to share its call, in milliseconds",
+flags.DEFINE_float("batch_wait_ms", 20.0, "how long a call waits for one more request to share it, in milliseconds "
+                   "(at most serving.GATHER_WAITS times this in all)",
                    lower_bound=0)
 flags.DEFINE_integer("max_body_bytes", 16_384, "largest request body accepted, in bytes", lower_bound=1024)
 flags.DEFINE_boolean("access_log", True, "log every request")

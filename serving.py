@@ -189,17 +189,24 @@ def describe_run(checkpoint_dir, checkpoint_path):
     """What the page shows about the run: name, corpus file, training step, held-out loss (nats/char).
 
     The step is the checkpoint's number (train.py numbers checkpoints by step); the loss is the
-    last validation loss train.py logged up to that step, None when the run has no such logs.
+    last validation loss train.py logged up to that step, None when the run has no such logs, or
+    the best one when the checkpoint kept the weights that validated best (config.json's "kept").
     """
     with open(os.path.join(checkpoint_dir, "config.json"), encoding="utf-8") as f:
-        corpus = json.load(f).get("corpus", {}).get("path")
+        record = json.load(f)
+    corpus = record.get("corpus", {}).get("path")
     number = checkpoint_path.rsplit("-", 1)[-1]
     step = int(number) if number.isdigit() else None
+    kept = record.get("kept", {})
+    if step is not None and kept.get("step") == step:
+        loss = round(kept["val_loss"], 4)
+    else:
+        loss = held_out_loss(os.path.join(checkpoint_dir, "logs", "validation"), step)
     return {
         "name": os.path.basename(os.path.abspath(checkpoint_dir)),
         "corpus": os.path.basename(corpus) if corpus else None,
         "step": step,
-        "held_out_loss": held_out_loss(os.path.join(checkpoint_dir, "logs", "validation"), step),
+        "held_out_loss": loss,
     }
 
 
@@ -285,6 +292,9 @@ def pack(jobs, max_batch):
     return calls
 
 
+GATHER_WAITS = 5  # a call waits at most this many --batch_wait_ms for its requests (Batcher.gather)
+
+
 class Batcher:
     """Gathers concurrent jobs and runs them in shared Generator calls, one call at a time, in a
     worker thread: the event loop, and so /api/health, keeps answering while a call runs."""
@@ -317,18 +327,26 @@ class Batcher:
                 await self.run(call)
 
     async def gather(self):
-        """The first job to come, and those that come within wait_seconds or until max_batch streams wait."""
+        """The first job to come, then those that keep coming, each within wait_seconds of the one
+        before, until max_batch streams wait or GATHER_WAITS times wait_seconds have passed.
+
+        Under load, the clients that a call has just answered send their next requests in a burst
+        while their answers go out; gathering the whole burst makes one full call of it, where
+        taking only what waits already would split the clients into half-full calls in turn.
+        """
         loop = asyncio.get_running_loop()
         jobs = [await self.queue.get()]
-        deadline = loop.time() + self.wait_seconds
-        while sum(job.count for job in jobs) < self.max_batch and loop.time() < deadline:
+        deadline = loop.time() + GATHER_WAITS * self.wait_seconds
+        while True:
+            while not self.queue.empty():  # those that came while the last calls ran
+                jobs.append(self.queue.get_nowait())
+            wait = min(self.wait_seconds, deadline - loop.time())
+            if sum(job.count for job in jobs) >= self.max_batch or wait <= 0:
+                return jobs
             try:
-                jobs.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+                jobs.append(await asyncio.wait_for(self.queue.get(), wait))
             except TimeoutError:
-                break
-        while not self.queue.empty():  # those that came while the last calls ran
-            jobs.append(self.queue.get_nowait())
-        return jobs
+                return jobs
 
     async def run(self, call):
         """One generate() call for the jobs of call; each job gets its own texts or the call's error."""

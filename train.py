@@ -15,11 +15,12 @@ import typing
 
 STARTED = time.perf_counter()  # --time_budget counts from here: start-up is part of the budget
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import cli
 import corpora
 import read_utils
+import recipes
 import run_dir
 import tuning
 
@@ -28,15 +29,18 @@ import tuning
 default = run_dir.model_default
 flags.DEFINE_string("input", None, "UTF-8 text file to learn from, or a built-in corpus downloaded on first use: "
                     "poetry (the default: the original project's couplets) or tang (the Complete Tang Poems, with "
-                    "titles; its recipe in corpora.RECIPES sets the flags not given)")
+                    "titles); the recipe chosen for the corpus (recipes.py) sets the flags not given")
 flags.DEFINE_string("name", "default", "run name: checkpoints go to checkpoints/<name>")
 flags.DEFINE_string("checkpoint_dir", None, "checkpoint directory (default: checkpoints/<name>)")
 flags.DEFINE_string("logdir", None, "TensorBoard log directory (default: <checkpoint_dir>/logs)")
-flags.DEFINE_integer("max_steps", 6000, "total training steps (one window of every stream each); given, it wins "
+flags.DEFINE_integer("max_steps", None, "total training steps (one window of every stream each); given, it wins "
                      "over --time_budget", lower_bound=1)
-flags.DEFINE_string("time_budget", None, "train for this much wall-clock time, start-up and validation included "
+flags.DEFINE_string("time_budget", "10m", "train for this much wall-clock time, start-up and validation included "
                     "(e.g. 90s, 10m, 1h30m): after the warmup the step rate fixes --max_steps so that the "
                     "learning-rate decay ends with the budget")
+flags.DEFINE_float("max_epochs", 0, "under --time_budget, end the schedule after this many passes over the training "
+                   "text if the budget allows more (0: no limit); small corpora are memorised past a few dozen",
+                   lower_bound=0)
 flags.DEFINE_integer("batch_size", 32, "parallel streams per batch", lower_bound=1)
 flags.DEFINE_integer("seq_length", 26, "characters per window (truncated backprop length)", lower_bound=1)
 flags.DEFINE_integer("lstm_size", default("lstm_size"), "units in each LSTM layer", lower_bound=1)
@@ -50,10 +54,15 @@ flags.DEFINE_integer("warmup_steps", 100, "steps of linear learning-rate warmup"
 flags.DEFINE_float("min_lr_fraction", 0.05, "cosine decay ends at this fraction of the peak rate", lower_bound=0, upper_bound=1)
 flags.DEFINE_float("grad_clip", 5.0, "clip gradients to this global norm (0: no clipping)", lower_bound=0)
 flags.DEFINE_integer("max_vocab", 0, "keep only the most frequent characters (0: keep all)", lower_bound=0)
+flags.DEFINE_integer("min_count", 2, "characters seen fewer times in the training text are trained as the unknown "
+                     "character, so the model keeps honest probability for characters it never saw", lower_bound=1)
 flags.DEFINE_float("val_fraction", 0.05, "fraction of lines held out for validation, in [0, 0.5]; whole records "
                    "instead in a text of records separated by empty lines, such as tang's poems (read_utils.split_kind)",
                    lower_bound=0, upper_bound=0.5)
 flags.DEFINE_integer("eval_every", 1300, "validate every this many steps (and at the end)", lower_bound=1)
+flags.DEFINE_integer("patience", 0, "stop when this many validations in a row find no better loss than the best "
+                     "so far (0: train to the end); either way the run ends with the weights that validated best",
+                     lower_bound=0)
 flags.DEFINE_integer("save_every_n", 1300, "checkpoint every this many steps (and at the end)", lower_bound=1)
 flags.DEFINE_integer("eval_poems", 8, "poems sampled from each checkpoint, shown and scored in TensorBoard (0: none)", lower_bound=0)
 flags.DEFINE_float("eval_temperature", 0.8, "sampling temperature of those poems", lower_bound=0)
@@ -77,7 +86,7 @@ flags.DEFINE_alias("num_seqs", "batch_size")
 flags.DEFINE_alias("num_steps", "seq_length")
 flags.DEFINE_float("train_keep_prob", None, "original name: keep probability, i.e. 1 - --dropout")
 flags.register_validator("dropout", lambda v: 0 <= v < 1, "--dropout must be in [0, 1)")
-flags.register_validator("time_budget", lambda v: v is None or cli.duration_seconds(v) is not None,
+flags.register_validator("time_budget", lambda v: cli.duration_seconds(v) is not None,
                          "--time_budget must be a duration such as 90s, 10m or 1h30m")
 flags.register_validator("train_keep_prob", lambda v: v is None or 0 < v <= 1, "--train_keep_prob must be in (0, 1]")
 FLAGS = flags.FLAGS
@@ -112,17 +121,17 @@ def check_inputs():
     saved = saved_run(checkpoint_dir)
     saved_corpus = saved.record.get("corpus", {}) if saved else {}
     input_name = FLAGS.input or saved_corpus.get("name") or corpora.DEFAULT  # a resumed run keeps its built-in corpus
+    corpus = corpora.resolve(input_name, FLAGS.cache_dir)
+    read_utils.check_text_file(corpus)  # before hashing it, for a clear error
+    name = input_name if input_name in corpora.NAMES else None
     if saved:
         adopt_saved_settings(saved.record)
         recipe = saved_corpus.get("recipe", {})
     else:
-        recipe = apply_recipe(corpora.RECIPES.get(input_name, {}))
-    if FLAGS.time_budget and not FLAGS["max_steps"].present and not (saved and saved.record["training"].get("max_steps")):
-        FLAGS.max_steps = None  # decided after the warmup (trainer.decide_steps)
-    corpus = corpora.resolve(input_name, FLAGS.cache_dir)
-    read_utils.check_text_file(corpus)  # before hashing it, for a clear error
-    budget = cli.duration_seconds(FLAGS.time_budget) if FLAGS.time_budget else None
-    name = input_name if input_name in corpora.NAMES else None
+        recipe = apply_recipe(*recipes.choose(name, corpus))
+    # A run of --max_steps (given, or saved by the run resumed) has no budget; without, the steps
+    # are decided after the warmup (trainer.decide_steps) to fill the budget.
+    budget = None if FLAGS.max_steps else cli.duration_seconds(FLAGS.time_budget)
     return Inputs(checkpoint_dir, logdir, saved, corpus, read_utils.sha256_of(corpus), name, recipe, STARTED, budget)
 
 
@@ -133,7 +142,7 @@ class Inputs(typing.NamedTuple):
     corpus: str  # the text file's path
     corpus_sha256: str
     corpus_name: str | None  # the built-in corpus' name (corpora.NAMES), None for a path
-    recipe: dict  # the flags its recipe set (corpora.RECIPES), as config.json records them
+    recipe: dict  # the recipe chosen (recipes.choose), as config.json records it
     started: float  # time.perf_counter() when train.py started
     budget_seconds: float | None  # --time_budget in seconds
 
@@ -175,13 +184,16 @@ def adopt_saved_settings(saved):
             )
 
 
-def apply_recipe(recipe):
-    """Gives the flags that the command line leaves out the values of a built-in corpus' recipe
-    (corpora.RECIPES); returns the values it set, which config.json records."""
-    applied = {key: value for key, value in recipe.items() if not given(key)}
+def apply_recipe(recipe, why):
+    """Gives the flags that the command line leaves out the values of the corpus' recipe
+    (recipes.Recipe, chosen because of why); returns what config.json records of it: its name,
+    why it was chosen, and the values it set."""
+    applied = {key: value for key, value in recipe.flags.items() if not given(key)}
     for key, value in applied.items():
         FLAGS[key].value = value
-    return applied
+    logging.info("recipe %s, for %s (%s): %s", recipe.name, recipe.when, why,
+                 ", ".join(f"--{key}={value}" for key, value in applied.items()) or "train.py's defaults")
+    return {"name": recipe.name, "why": why, "flags": applied}
 
 
 def given(key):

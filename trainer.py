@@ -8,6 +8,7 @@ model's loss by hand (cpu_training.py); on a GPU through the Keras layers, which
 
 import contextlib
 import functools
+import json
 import math
 import os
 import signal
@@ -63,9 +64,11 @@ def train_with(strategy, inputs, scratch):
     reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = run_dir.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in run_dir.MODEL_FLAGS})
     logging.info(
-        "corpus %s: %s training and %s validation characters (whole %s held out), vocabulary %d, %d windows per epoch, "
+        "corpus %s: %s training and %s validation characters (whole %s held out), vocabulary %d (%.2f%% of the "
+        "training text is characters seen fewer than --min_count %d times, trained as unknown), %d windows per epoch, "
         "%d replica(s), %s",
-        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", data.split, len(vocab), reader.windows_per_epoch,
+        corpus, f"{len(data.train_ids):,}", f"{len(data.val_ids):,}", data.split, len(vocab),
+        100 * data.counts[0] / max(1, len(data.train_ids)), FLAGS.min_count, reader.windows_per_epoch,
         strategy.num_replicas_in_sync, FLAGS.precision,
     )
 
@@ -111,20 +114,37 @@ def train_with(strategy, inputs, scratch):
             sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer,
                                           records=data.split == read_utils.RECORDS)
         record_steps = functools.partial(record_max_steps, checkpoint_dir, record)
-    run = Run(strategy, net, optimizer, states, manager, projector, decay_steps, started, budget_seconds, record_steps)
+    best = BestWeights(net, os.path.join(save_dir, BEST_DIR)) if evaluator else None
+    run = Run(strategy, net, optimizer, states, manager, projector, decay_steps, started, budget_seconds, record_steps,
+              best, functools.partial(record_kept, checkpoint_dir, record) if chief else None)
     run_training(run, reader, evaluator, logdir if chief else None, sampler)
+
+
+BEST_DIR = "best"  # the run directory's folder of the best-validating weights (BestWeights)
 
 
 def record_max_steps(checkpoint_dir, record, max_steps):
     """Writes config.json (record) again with the steps a --time_budget run decided on."""
     record["training"]["max_steps"] = max_steps
+    write_record(checkpoint_dir, record)
+
+
+def record_kept(checkpoint_dir, record, step, best):
+    """Notes in config.json (record) that the checkpoint of step holds the weights of an earlier
+    step, which validated best (best: BestWeights)."""
+    record["kept"] = {"step": step, "weights_of_step": best.step, "val_loss": best.loss}
+    write_record(checkpoint_dir, record)
+
+
+def write_record(checkpoint_dir, record):
     with writing(checkpoint_dir):
         read_utils.write_json_atomic(os.path.join(checkpoint_dir, "config.json"), record)
 
 
 def load_corpus(corpus, saved_vocab, sha256, cache_dir):
     """The encoded corpus (read_utils.Corpus); a resumed run keeps its saved vocabulary."""
-    data = read_utils.encode_corpus(corpus, cache_dir, FLAGS.val_fraction, saved_vocab, FLAGS.max_vocab, sha256)
+    data = read_utils.encode_corpus(corpus, cache_dir, FLAGS.val_fraction, saved_vocab, FLAGS.max_vocab, sha256,
+                                    FLAGS.min_count)
     if data.unseen and not FLAGS.max_vocab:
         raise read_utils.InputError(
             f"{corpus} has {len(data.unseen)} characters that the run's saved vocabulary lacks "
@@ -170,6 +190,39 @@ def run_config(config, corpus_record):
     return {"format": run_dir.CONFIG_FORMAT, "model": config.to_json(), "training": training, "corpus": corpus_record}
 
 
+class BestWeights:
+    """The weights that validated best so far, kept in their own directory (<run>/best/) with
+    best.json (their step and validation loss), so that they outlive --max_to_keep and a resume.
+
+    At the end of training the run's last checkpoint takes them if they validated better than the
+    last weights (TrainingLoop.keep_best): on a small corpus the last weights have often memorised it.
+    """
+
+    def __init__(self, net, directory):
+        self.checkpoint = model_lib.weights_checkpoint(net)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+        self.record_path = os.path.join(directory, "best.json")
+        self.step, self.loss = None, math.inf
+        if self.manager.latest_checkpoint and os.path.exists(self.record_path):
+            with open(self.record_path, encoding="utf-8") as f:
+                record = json.load(f)
+            self.step, self.loss = record["step"], record["val_loss"]
+        self.validations_since = 0  # validations since the best one, in this process
+
+    def offer(self, step, loss):
+        """Keeps the weights of step if their validation loss is the best so far."""
+        if loss < self.loss:
+            self.step, self.loss, self.validations_since = step, loss, 0
+            with writing(self.manager.directory):
+                self.manager.save(checkpoint_number=step)
+                read_utils.write_json_atomic(self.record_path, {"step": step, "val_loss": loss})
+        else:
+            self.validations_since += 1
+
+    def restore(self):
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+
+
 class Run(typing.NamedTuple):
     """What the training loop works on and saves."""
 
@@ -183,6 +236,8 @@ class Run(typing.NamedTuple):
     started: float  # time.perf_counter() when train.py started: --time_budget counts from there
     budget_seconds: float | None  # --time_budget
     record_steps: typing.Callable | None  # writes a decided max_steps into config.json (the chief only)
+    best: BestWeights | None  # None without validation
+    record_kept: typing.Callable | None  # notes in config.json that the last checkpoint holds the best weights
 
 
 class StopRequest:
@@ -201,8 +256,8 @@ class StopRequest:
 
 def run_training(run, reader, evaluator, logdir, sampler):
     """Trains to --max_steps, or, under --time_budget with no step count decided yet, through the
-    warmup, then decides the step count (decide_steps), and once more a third of the way there,
-    and trains to it. logdir None writes no logs (a non-chief worker)."""
+    warmup, then decides the step count (decide_steps), and again after each third of the steps
+    left, and trains to it. logdir None writes no logs (a non-chief worker)."""
     loop = TrainingLoop(run, reader, evaluator, logdir, sampler)
     try:
         if FLAGS.max_steps is None:
@@ -210,10 +265,12 @@ def run_training(run, reader, evaluator, logdir, sampler):
             decision = max(FLAGS.warmup_steps, measured_from + BUDGET_RATE_STEPS)
             if loop.train_to(measured_from) and loop.train_to(decision):
                 event_seconds = decide_steps(loop, measured_from)
-                # The first steps' rate can be off (other work on the machine, caches still cold): the
-                # end is fixed again from the rate of a third of the run.
-                measured_from = loop.step
-                if loop.train_to(loop.step + (FLAGS.max_steps - loop.step) // 3):
+                # The step rate drifts (other work on the machine, the machine's own speed, caches
+                # still cold at first): the end is fixed again after each third of the steps left.
+                while FLAGS.max_steps - loop.step >= REPLAN_MIN_STEPS:
+                    measured_from = loop.step
+                    if not loop.train_to(loop.step + (FLAGS.max_steps - loop.step) // 3):
+                        break
                     decide_steps(loop, measured_from, event_seconds)
         if FLAGS.max_steps is not None:  # None: stopped before the budget decided it
             loop.train_to(FLAGS.max_steps)
@@ -223,11 +280,13 @@ def run_training(run, reader, evaluator, logdir, sampler):
 
 
 BUDGET_RATE_STEPS = 48  # steps timed, after the warmup's compilation, to measure a budgeted run's step rate
+REPLAN_MIN_STEPS = 3 * BUDGET_RATE_STEPS  # a budgeted run stops fixing its end again when fewer steps are left
 
 
 def decide_steps(loop, measured_from, event_seconds=None):
-    """Fixes --max_steps so that the learning-rate decay ends when --time_budget does; returns the
-    time one validation, checkpoint and poem sample takes.
+    """Fixes --max_steps so that the learning-rate decay ends when --time_budget does, or after
+    --max_epochs passes over the training text if that comes first; returns the time one
+    validation, checkpoint and poem sample takes.
 
     The step rate is measured over the steps since measured_from, the events' time left out. Without
     event_seconds, one validation, checkpoint and poem sample, made here, measure it. config.json
@@ -242,12 +301,17 @@ def decide_steps(loop, measured_from, event_seconds=None):
         event_seconds = time.perf_counter() - event_start
     seconds_left = loop.run.budget_seconds - (time.perf_counter() - loop.run.started)
     total = steps_within(seconds_left, step, steps_per_second, event_seconds, (FLAGS.eval_every, FLAGS.save_every_n))
-    FLAGS.max_steps = total
-    loop.set_total_steps(total)
-    if loop.run.record_steps:
-        loop.run.record_steps(total)
-    logging.info("--time_budget %s: training for %d steps (%.1f steps/s; %.1f s a validation and checkpoint)",
-                 FLAGS.time_budget, total, steps_per_second, event_seconds)
+    capped = ""
+    epoch_steps = max(step + 1, round(FLAGS.max_epochs * loop.reader.windows_per_epoch))
+    if FLAGS.max_epochs and total > epoch_steps:
+        total, capped = epoch_steps, f"; --max_epochs {FLAGS.max_epochs:g} ends it before the budget"
+    if total != FLAGS.max_steps:
+        logging.info("--time_budget %s: training for %d steps (%.1f steps/s; %.1f s a validation and checkpoint%s)",
+                     FLAGS.time_budget, total, steps_per_second, event_seconds, capped)
+        FLAGS.max_steps = total
+        loop.set_total_steps(total)
+        if loop.run.record_steps:
+            loop.run.record_steps(total)
     return event_seconds
 
 
@@ -287,6 +351,8 @@ class TrainingLoop:
         self.times = {self.step: (self.tick, 0.0)}  # (when each call ended, paused_seconds by then), by its last step
         self.states = distribute.split_batch(run.strategy, [tf.convert_to_tensor(state) for state in run.states])
         self.stop = StopRequest()
+        self.stopped_early = False  # by --patience
+        self.last_val_loss = math.inf
 
     def set_total_steps(self, total):
         self.run.decay_steps.assign(decay_steps_of(total))
@@ -294,12 +360,14 @@ class TrainingLoop:
 
     def train_to(self, end):
         """Trains up to step end; False when Ctrl-C stopped it first (now or before)."""
-        if self.stop.requested:
+        if self.stop.requested or self.stopped_early:
             return False
         event_intervals = (FLAGS.log_every_n, FLAGS.eval_every, FLAGS.save_every_n)  # calls end where these act
         calls = read_utils.call_plan(self.step, end, FLAGS.steps_per_execution, event_intervals)
         for x, y, starts_epoch in window_dataset(self.reader, calls):
             self.train_call(x, y, starts_epoch)
+            if self.stopped_early:
+                return False
             if self.stop.requested:
                 print(file=sys.stderr)
                 logging.info("interrupted at step %d: saving a checkpoint", self.step)
@@ -326,6 +394,14 @@ class TrainingLoop:
             values.append(("chars/s", self.log_training(step, float(losses[-1]), float(grad_norms[-1]))))
         if step % FLAGS.eval_every == 0 or last:
             values += self.paused(self.validate, step)
+            if FLAGS.patience and run.best and run.best.validations_since >= FLAGS.patience:
+                logging.info("stopping early: no better validation loss in the last %d validations (--patience)",
+                             FLAGS.patience)
+                last = self.stopped_early = True
+                if run.record_steps:
+                    run.record_steps(step)  # the run is finished: resuming it does not train on
+        if last:
+            self.keep_best(step)
         if step % FLAGS.save_every_n == 0 or last:
             self.paused(self.save, step)
         self.progress.update(step, values, logs)
@@ -360,12 +436,27 @@ class TrainingLoop:
         if not self.evaluator:
             return []
         val_loss = self.evaluator.loss(self.run.net)
+        self.last_val_loss = val_loss
+        if self.run.best:
+            self.run.best.offer(step, val_loss)
         with self.writers["validation"].as_default(step=step):
             tf.summary.scalar("loss", val_loss)
             tf.summary.scalar("bits_per_char", val_loss / math.log(2))
             tf.summary.scalar("perplexity", math.exp(val_loss) if val_loss < 88 else math.inf)  # float32 range
         logging.info("step %d: validation loss %.4f nats/char, %.4f bits/char", step, val_loss, val_loss / math.log(2))
         return [("val_loss", val_loss)]
+
+    def keep_best(self, step):
+        """At the end of training, puts back the weights that validated best if the last ones
+        (validated at step) did worse: the run's last checkpoint then holds them."""
+        best = self.run.best
+        if best is None or best.step in (None, step) or not best.loss < self.last_val_loss:
+            return
+        best.restore()
+        logging.info("keeping the weights of step %d, which validated best (%.4f nats/char; step %d: %.4f)",
+                     best.step, best.loss, step, self.last_val_loss)
+        if self.run.record_kept:
+            self.run.record_kept(step, best)
 
     def save(self, step):
         """A checkpoint, and poems sampled from it for TensorBoard."""

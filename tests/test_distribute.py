@@ -154,9 +154,9 @@ def test_two_workers_train_like_one_device_write_one_run_and_resume(corpus, one_
     for code, stderr in results:
         assert code == 0, stderr[-3000:]
         assert "resumed from" in stderr and "at step 15" in stderr
-    # Only the chief wrote: one checkpoint directory (and the projector's, in its logs), and the
-    # other worker's temporary checkpoints are gone.
-    assert checkpoint_dirs(tmp_path) == ["run", os.path.join("run", "logs")]
+    # Only the chief wrote: one checkpoint directory (with its best weights, and the projector's in
+    # its logs), and the other worker's temporary checkpoints are gone.
+    assert checkpoint_dirs(tmp_path) == ["run", os.path.join("run", "best"), os.path.join("run", "logs")]
     assert os.listdir(scratch) == []
     # Two runs of the chief, one event file each: the other worker logged nothing.
     assert len(os.listdir(run_dir / "logs" / "train")) == 2

@@ -21,6 +21,26 @@ def test_vocab_cap_keeps_the_most_frequent():
     assert vocab.encode("abcd").tolist() == [1, 2, 0, 0]
 
 
+def test_characters_rarer_than_min_count_are_left_to_the_unknown_entry():
+    vocab = Vocab.build("aaabbcd\n", min_count=2)
+    assert vocab.chars == [read_utils.UNKNOWN, "a", "b"]
+    assert vocab.encode("abcd").tolist() == [1, 2, 0, 0]
+
+
+def test_rare_characters_are_trained_as_unknown_and_a_resume_does_not_miss_them(tmp_path):
+    path, cache = tmp_path / "corpus.txt", str(tmp_path / "cache")
+    path.write_text("aaab\nbbc\n" * 50 + "xy\n", encoding="utf-8")  # x and y once, in training lines
+    corpus = read_utils.encode_corpus(str(path), cache, 0.1, min_count=2)
+    assert "x" not in corpus.vocab.chars and "y" not in corpus.vocab.chars
+    assert corpus.counts[0] == 2 and (corpus.train_ids == 0).sum() == 2
+    # The run's saved vocabulary lacks them by design: resuming on the same text names nothing unseen.
+    resumed = read_utils.encode_corpus(str(path), str(tmp_path / "resumed"), 0.1, vocab=corpus.vocab, min_count=2)
+    assert resumed.unseen == []
+    # With every character kept, the cache is made again rather than reused.
+    every = read_utils.encode_corpus(str(path), cache, 0.1, min_count=1)
+    assert "x" in every.vocab.chars and every.counts[0] == 0
+
+
 def test_vocab_json_round_trip(tmp_path):
     text = "春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。\n"
     vocab = Vocab.build(text)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import generator
 import poem_forms
 import read_utils
+import recipes
 import run_dir as run_dir_lib  # the tests name their run directories run_dir
 from conftest import TINY_MODEL, run_script
 
@@ -120,7 +121,9 @@ def test_a_record_corpus_is_split_by_poems_and_config_json_says_so(record_run):
     run_dir, corpus = record_run
     record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     assert record["corpus"]["split"] == read_utils.RECORDS
-    assert record["corpus"]["name"] is None and record["corpus"]["recipe"] == {}
+    assert record["corpus"]["name"] is None
+    # A small corpus gets the small recipe, whose flags TINY_MODEL gives (test_small_corpora.py tests them).
+    assert record["corpus"]["recipe"] == {"name": "small", "why": recipes.choose(None, str(corpus))[1], "flags": {}}
     assert run_dir_lib.trained_on_records(run_dir_lib.read_run(str(run_dir)).record)
 
 

@@ -94,7 +94,8 @@ def test_evaluate_prints_the_metrics_tensorboard_shows_for_the_same_checkpoint(t
     for label, tag in [("well-formed lines (5-character couplets)", "poems/well_formed"),
                        ("clauses copied from the training text", "poems/copy_rate"),
                        ("distinct character bigrams", "poems/distinct_bigrams")]:
-        assert printed[label] == pytest.approx(100 * logged[tag][-1][1], abs=0.05), label
+        # Printed with one decimal: a value ending in 5 may round either way in binary.
+        assert printed[label] == pytest.approx(100 * logged[tag][-1][1], abs=0.051), label
 
 
 def test_evaluate_skips_the_copy_rate_when_the_corpus_is_gone(toy_run, tmp_path):
