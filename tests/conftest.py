@@ -1,4 +1,5 @@
 import collections
+import fcntl
 import glob
 import os
 import random
@@ -86,10 +87,17 @@ def train_toy_run(root, lines, *args, chars=CHARS):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """A toy run trained once through train.py, shared by the tests that only read it."""
-    run_dir, corpus = train_toy_run(tmp_path_factory.mktemp("run"), 600, "--max_steps", 300, "--warmup_steps", 10,
-                                    "--learning_rate", 0.01, "--eval_every", 100, "--save_every_n", 100)
-    return str(run_dir), str(corpus)
+    """A toy run trained once through train.py, shared by the tests that only read it: the first
+    pytest-xdist worker to ask trains it, under a lock, in the directory the workers share."""
+    shared = tmp_path_factory.getbasetemp().parent / "trained_run"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "done").exists():
+            train_toy_run(shared, 600, "--max_steps", 300, "--warmup_steps", 10, "--learning_rate", 0.01,
+                          "--eval_every", 100, "--save_every_n", 100)
+            (shared / "done").touch()
+    return str(shared / "run"), str(shared / "toy.txt")
 
 
 def summaries(run_dir):

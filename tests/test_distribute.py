@@ -143,6 +143,7 @@ def checkpoint_dirs(root):
     return sorted({os.path.relpath(d, root) for d, _, names in os.walk(root) if "checkpoint" in names})
 
 
+@pytest.mark.slow
 def test_two_workers_train_like_one_device_write_one_run_and_resume(corpus, one_device_run, tmp_path):
     run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()

@@ -280,6 +280,7 @@ def test_interrupt_saves_a_checkpoint_and_exits_cleanly(toy_corpus, tmp_path, si
     assert step >= 5 and latest_step(run_dir) == step
 
 
+@pytest.mark.slow
 def test_hard_kills_at_random_moments_never_break_resume(toy_corpus, tmp_path):
     import random
 

@@ -19,7 +19,6 @@ import metre
 
 from conftest import ROOT, run_script
 
-pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them all, against one server
 
 MAX_BATCH = 4
 IDEOGRAPHS = "[\u4e00-\u9fff]"
