@@ -52,6 +52,7 @@ def one_device_run(corpus, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_follows_one_device_and_resumes(corpus, one_device_run, tmp_path):
     run_dir = str(tmp_path / "run")
     mirrored = ["--strategy", "mirrored", "--cpu_devices", 2]

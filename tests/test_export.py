@@ -104,6 +104,7 @@ def answers(saved_model, tmp_path_factory):
     return call_exported(saved_model, requests + [MIXED, *BAD, requests[0]], tmp_path_factory.mktemp("client"))
 
 
+@pytest.mark.slow  # the export and the client's two loads are the suite's longest fixture
 def test_exported_model_writes_what_sample_py_writes_without_the_repository(trained_run, answers):
     run_dir = trained_run[0]
     answers, session_answer = answers["signature"], answers["session"]
@@ -126,6 +127,7 @@ def test_exported_model_writes_what_sample_py_writes_without_the_repository(trai
     assert printed == "\n\n".join(text.rstrip("\n") for text in answers[0]["texts"]) + "\n"
 
 
+@pytest.mark.slow
 def test_bad_requests_get_an_error_and_the_model_keeps_serving(answers):
     answers = answers["signature"]
     unseen, unknown_form, unseen_head, bad_top_p, misfit = answers[len(CASES) + 1 : -1]
@@ -145,12 +147,15 @@ def test_graph_bucket_is_generators_bucket():
     assert buckets == [generator.bucket(n) for n in lengths]
 
 
-def test_export_refuses_an_existing_directory_and_a_missing_run(saved_model, tmp_path):
-    before = sorted(os.listdir(saved_model))
+def test_export_refuses_an_existing_directory_and_a_missing_run(trained_run, tmp_path):
+    existing = tmp_path / "poems" / "1"
+    existing.mkdir(parents=True)
+    (existing / "saved_model.pb").write_bytes(b"an earlier export")
     result = run_script("export.py", "--checkpoint_dir", tmp_path / "nothing", "--out", tmp_path / "new", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "does not exist; train first" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "new").exists()
-    result = run_script("export.py", "--checkpoint_dir", tmp_path, "--out", saved_model, check=False)
+    result = run_script("export.py", "--checkpoint_dir", trained_run[0], "--out", existing, check=False)
     assert result.returncode != 0 and "exists already" in result.stderr.strip().splitlines()[-1]
-    assert sorted(os.listdir(saved_model)) == before
+    assert os.listdir(existing) == ["saved_model.pb"]
+    assert (existing / "saved_model.pb").read_bytes() == b"an earlier export"

@@ -90,6 +90,7 @@ def test_every_poem_is_well_formed_whatever_the_decoding(gen, name, decoding):
         assert len(set(poems)) == len(poems)  # sampled, not collapsed by the masks
 
 
+@pytest.mark.slow  # compiles the many-stream loop
 def test_many_streams_are_well_formed_too(trained_run):
     config, vocab, path = generator.load_run(trained_run[0])
     many = generator.Generator(config, vocab, path, num_streams=tuning.MANY_STREAMS)

@@ -250,7 +250,7 @@ def test_the_page_is_utf8_and_loads_nothing_from_other_sites(server):
 
 # --- starting and stopping -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_stops_cleanly_after_answering_the_request_in_flight(trained_run, tmp_path, stop_signal):
     # A one-poem request waits 3 s for company to fill a call of two, so the signal surely comes
     # while it is in flight.

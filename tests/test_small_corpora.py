@@ -80,6 +80,7 @@ def sprinkled(text, rare, share, seed):
 
 
 @pytest.mark.process
+@pytest.mark.slow  # four processes: two runs, each evaluated
 def test_rare_characters_train_the_unknown_token_so_unseen_ones_cost_little(tmp_path):
     # Training text where 2% of the characters are ones seen once; held-out text where 5% are new.
     rare = [chr(0x4E00 + i) for i in range(20000)]

@@ -137,6 +137,7 @@ def test_the_projector_shows_the_final_embedding_with_its_characters(toy_run):
                in trained.get_variable_to_shape_map().items() if shape == [len(vocab), 16])
 
 
+@pytest.mark.slow
 def test_one_hot_runs_train_without_a_projector(toy_corpus, tmp_path):
     run_dir = tmp_path / "run"
     run_script("train.py", "--input", toy_corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--nouse_embedding",
