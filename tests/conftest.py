@@ -89,7 +89,12 @@ def train_toy_run(root, lines, *args, chars=CHARS):
 def trained_run(tmp_path_factory):
     """A toy run trained once through train.py, shared by the tests that only read it: the first
     pytest-xdist worker to ask trains it, under a lock, in the directory the workers share."""
-    shared = tmp_path_factory.getbasetemp().parent / "trained_run"
+    # A worker's directory sits in its session's. Without xdist the parent holds earlier sessions,
+    # whose run must not be reused.
+    session_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_dir = session_dir.parent
+    shared = session_dir / "trained_run"
     shared.mkdir(exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
