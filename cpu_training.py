@@ -53,12 +53,15 @@ def lstm_stack(net, ids, states, training):
     """
     bfloat16 = model_lib.is_bfloat16(net)
     found = model_lib.layers_of(net)
+    chars, slots, groups = model_lib.unpack(tf.transpose(ids))
     if found.embedding is not None:
         # The float32 table's rows: the layer itself would first cast its whole table under the
         # bfloat16 policy, and the first matmul rounds these rows to bfloat16 all the same.
-        x = tf.gather(found.embedding.embeddings.value, tf.transpose(ids))
+        x = tf.gather(found.embedding.embeddings.value, chars)
     else:
-        x = tf.cast(found.one_hot(tf.transpose(ids)), tf.float32)
+        x = tf.cast(found.one_hot(chars), tf.float32)
+    if found.slot_embedding is not None:
+        x += tf.gather(found.slot_embedding.embeddings.value, slots) + tf.gather(found.rhyme_embedding.embeddings.value, groups)
     steps = ids.shape[1]
     cuts = sorted({steps * j // tuning.PIPELINE_PIECES for j in range(tuning.PIPELINE_PIECES + 1)})
     bounds = list(zip(cuts, cuts[1:]))

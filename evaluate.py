@@ -76,8 +76,10 @@ def report_loss(config, vocab, path, text):
     token's probability between them."""
     import generator
     import monitor
+    import poem_position
 
-    windows = read_utils.EvalWindows(vocab.encode(text), FLAGS.num_streams, FLAGS.seq_length)
+    ids = poem_position.model_ids(vocab.encode(text), vocab, config.poem_position)
+    windows = read_utils.EvalWindows(ids, FLAGS.num_streams, FLAGS.seq_length)
     evaluator = monitor.Evaluator(config, windows)
     generator.restore_weights(evaluator.model, path)
     losses = evaluator.losses()

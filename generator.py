@@ -23,6 +23,7 @@ import metre as metre_lib
 import metre_plan
 import model as model_lib
 import poem_forms
+import poem_position
 import read_utils
 import run_dir
 import tuning
@@ -73,12 +74,22 @@ class CharStep(typing.NamedTuple):
     recurrent: tf.Tensor  # first layer's recurrent kernel [units, 4*units]
     stacked: tuple  # later layers' [kernel; recurrent kernel; bias], each [2*units + 1, 4*units]
     output_kernel: tf.Tensor  # [kernel; bias], [units + 1, padded vocab], bias -inf on the padding
+    position: "PositionTables | None" = None  # a model that reads poem positions (poem_position.py)
 
     @classmethod
-    def from_model(cls, net):
+    def from_model(cls, net, vocab):
         found = model_lib.layers_of(net)
         first, *rest = found.lstms
         kernel = first.cell.kernel.value
+        position = None
+        if found.slot_embedding is not None:
+            facts = poem_position.CharFacts.of(vocab.chars)
+            position = PositionTables(
+                slots=tf.matmul(found.slot_embedding.embeddings.value, kernel),
+                rhymes=tf.matmul(found.rhyme_embedding.embeddings.value, kernel),
+                kind=tf.constant(facts.kind),
+                group=tf.constant(facts.group),
+            )
         if found.embedding is not None:
             kernel = tf.matmul(found.embedding.embeddings.value, kernel)
         dense = found.logits
@@ -92,7 +103,16 @@ class CharStep(typing.NamedTuple):
                 for layer in rest
             ),
             output_kernel=tf.concat([tf.pad(dense.kernel.value, [[0, 0], [0, padding]]), output_bias[None]], 0),
+            position=position,
         )
+
+    def first_inputs(self, ids, position):
+        """The first layer's input projection (plus bias) of ids [n], and of their poem positions
+        (a poem_position.State) when the model reads them."""
+        projected = tf.gather(self.table, ids)
+        if self.position is None:
+            return projected
+        return projected + tf.gather(self.position.slots, position.slots()) + tf.gather(self.position.rhymes, position.rhyme)
 
     def zero_state(self, num_streams, ahead=False):
         """Each layer's (h, c) at zero; ahead (for CharStep.ahead): (h, c, share), share being
@@ -103,22 +123,23 @@ class CharStep(typing.NamedTuple):
         first = (zeros, zeros, tf.zeros([num_streams, self.recurrent.shape[1]]))
         return (first,) + tuple((zeros, zeros, tf.tile(kernel[-1:], [num_streams, 1])) for kernel in self.stacked)
 
-    def __call__(self, ids, state, bfloat16=False):
-        """(logits [n, padded vocab] for the next character, new state) after feeding ids [n].
+    def __call__(self, ids, state, bfloat16=False, position=None):
+        """(logits [n, padded vocab] for the next character, new state) after feeding ids [n] (at
+        their poem positions, for a model that reads them).
 
         bfloat16: every matmul takes bfloat16 inputs (weights and activations rounded), sums and
         biases staying float32 (matmul_float32_sums); on a CPU with AMX, XLA runs them there
         (tuning.sampling_bfloat16). Logits differ from float32's by bfloat16 rounding.
         """
         (h, c), *upper = state
-        h, c = lstm_cell(tf.gather(self.table, ids) + matmul_float32_sums(h, self.recurrent, bfloat16), c)
+        h, c = lstm_cell(self.first_inputs(ids, position) + matmul_float32_sums(h, self.recurrent, bfloat16), c)
         new_state = [(h, c)]
         for kernel, (h_own, c_own) in zip(self.stacked, upper):
             h, c = lstm_cell(affine(tf.concat([h, h_own], 1), kernel, bfloat16), c_own)
             new_state.append((h, c))
         return output_logits(h, self.output_kernel, bfloat16), tuple(new_state)
 
-    def ahead(self, ids, state, bfloat16=False):
+    def ahead(self, ids, state, bfloat16=False, position=None):
         """__call__ for many streams, state from zero_state(n, ahead=True): each layer's product
         with its recurrent kernel is made a step ahead, for the next character.
 
@@ -129,12 +150,21 @@ class CharStep(typing.NamedTuple):
         """
         (h, c, share), *upper = state
         units = self.recurrent.shape[0]
-        h, c = lstm_cell(tf.gather(self.table, ids) + share, c)
+        h, c = lstm_cell(self.first_inputs(ids, position) + share, c)
         new_state = [(h, c, matmul_float32_sums(h, self.recurrent, bfloat16))]
         for kernel, (h_own, c_own, share_own) in zip(self.stacked, upper):
             h, c = lstm_cell(matmul_float32_sums(h, kernel[:units], bfloat16) + share_own, c_own)
             new_state.append((h, c, affine(h, kernel[units:], bfloat16)))
         return affine(h, self.output_kernel, bfloat16), tuple(new_state)
+
+
+class PositionTables(typing.NamedTuple):
+    """What a model that reads poem positions adds to the first layer's input (poem_position.py)."""
+
+    slots: tf.Tensor  # [poem_position.SLOTS, 4*units]: the slot embedding times the first layer's input kernel
+    rhymes: tf.Tensor  # [poem_position.GROUPS, 4*units]: the same of the rhyme group embedding
+    kind: tf.Tensor  # [vocab] int32: each id's kind (poem_position.CharFacts)
+    group: tf.Tensor  # [vocab] int32: each id's level group
 
 
 def matmul_float32_sums(x, kernel, bfloat16):
@@ -315,8 +345,9 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     line limit) or, on a record corpus, at an empty line. The text shown starts with the kept text,
     or with the title the model writes. temperature, top_k, top_p as in choose(). With score, the
     log-probability is the sum over the stream's sampled kept characters of the model's own
-    log-probability of each (log_softmax_at); without it, zeros. many: CharStep.ahead's form, for
-    tuning.MANY_STREAMS streams or more; bfloat16: bfloat16 matmul inputs (CharStep). records,
+    log-probability of each (log_softmax_at); without it, zeros. A model that reads poem positions
+    (step.position) gets each stream's, stepped with every character (poem_position.State).
+    many: CharStep.ahead's form, for tuning.MANY_STREAMS streams or more; bfloat16: bfloat16 matmul inputs (CharStep). records,
     model_title, score, many and bfloat16 are Python booleans, compiled into the loop; many is given apart from the shapes, which may be unknown when the loop
     is traced (saved_generator.py traces it for any number of streams and any length).
     Module-level, so every generator of the same shapes and decoding shares one compiled program.
@@ -325,6 +356,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     last_slot = dims(forced)[1] - 1  # the plan's padding entry: free, nothing forced
     advance = step.ahead if many else step
     ids, state = tf.fill([n], newline), step.zero_state(n, ahead=many)
+    # Where each stream stands in its poem, for a model that reads it (an empty loop variable otherwise).
+    position = poem_position.State.start(n) if step.position is not None else ()
     rhyme_rows = tf.gather(masks, rhymes)  # [n, width], the same at every step
     log_probability = tf.zeros([n])
     out = tf.TensorArray(tf.int32, size=steps, element_shape=uniforms.shape[1:])
@@ -339,7 +372,7 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     while t < steps and not tf.reduce_all(done):
         # The step and the draw from its logits in one iteration: the logits are not carried over
         # to the next one, so XLA fuses the mask and the temperature into the passes that read them.
-        logits, state = advance(ids, state, bfloat16)
+        logits, state = advance(ids, state, bfloat16, position)
         slot = tf.minimum(kept, last_slot)
         fixed = tf.where(started, tf.gather(forced, slot, batch_dims=1), -1)
         slot_class = tf.where(started, tf.gather(classes, slot, batch_dims=1), FREE)
@@ -367,6 +400,8 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
         shown = tf.where(starting & ~after_blank, t + 1, shown)
         started |= starting
         ids = next_ids
+        if step.position is not None:
+            position = position.advance(tf.gather(step.position.kind, ids), tf.gather(step.position.group, ids))
         t += 1
     return tf.transpose(out.stack()), shown, first, kept, log_probability
 
@@ -420,7 +455,7 @@ class Generator:
         check_seen(vocab, {"--ban": banned})
         net = model_lib.build_model(config)
         restore_weights(net, checkpoint_path)
-        self.step = CharStep.from_model(net)
+        self.step = CharStep.from_model(net, vocab)
         self.vocab = vocab
         self.num_streams = num_streams
         self.banned = set(banned)

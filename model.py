@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+import poem_position
+
 
 
 class OneHot(layers.Layer):
@@ -59,10 +61,14 @@ def build_model(config, precision="float32"):
     """
     policy = PRECISIONS[precision]
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    chars, slots, groups = unpack(ids, keras.ops)
     if config.use_embedding:
-        x = layers.Embedding(config.vocab_size, config.embedding_size, dtype=policy, name="embedding")(ids)
+        x = layers.Embedding(config.vocab_size, config.embedding_size, dtype=policy, name="embedding")(chars)
     else:
-        x = OneHot(config.vocab_size, dtype=policy, name="one_hot")(ids)
+        x = OneHot(config.vocab_size, dtype=policy, name="one_hot")(chars)
+    if config.poem_position:
+        x = x + layers.Embedding(poem_position.SLOTS, x.shape[-1], dtype=policy, name="slot_embedding")(slots)
+        x = x + layers.Embedding(poem_position.GROUPS, x.shape[-1], dtype=policy, name="rhyme_embedding")(groups)
     states, new_states = [], []
     for i in range(config.num_layers):
         state = [keras.Input(shape=(config.lstm_size,), name=f"{part}_{i}") for part in "hc"]
@@ -78,6 +84,13 @@ def build_model(config, precision="float32"):
     return keras.Model([ids, *states], [logits, *new_states], name="char_rnn")
 
 
+def unpack(ids, ops=keras.ops):
+    """(character ids, slots, rhyme groups) of the model's input ids, which poem_position.pack
+    may have packed (slots and groups are 0 where it did not)."""
+    position = ops.floor_divide(ids, poem_position.STRIDE)
+    return ops.mod(ids, poem_position.STRIDE), ops.floor_divide(position, poem_position.GROUPS), ops.mod(position, poem_position.GROUPS)
+
+
 def zero_states(config, batch_size):
     """The states a stream starts from: (h, c) zeros of every layer."""
     return [tf.zeros([batch_size, config.lstm_size]) for _ in range(2 * config.num_layers)]
@@ -88,6 +101,8 @@ class Layers(typing.NamedTuple):
 
     embedding: layers.Embedding | None  # None when the model feeds one-hot vectors
     one_hot: OneHot | None
+    slot_embedding: layers.Embedding | None  # None unless the model reads poem positions (poem_position.py)
+    rhyme_embedding: layers.Embedding | None
     lstms: list  # the LSTM layers, first to last
     dropouts: list  # the dropout after each LSTM layer
     logits: layers.Dense
@@ -99,6 +114,8 @@ def layers_of(net):
     return Layers(
         embedding=net.get_layer("embedding") if "embedding" in names else None,
         one_hot=net.get_layer("one_hot") if "one_hot" in names else None,
+        slot_embedding=net.get_layer("slot_embedding") if "slot_embedding" in names else None,
+        rhyme_embedding=net.get_layer("rhyme_embedding") if "rhyme_embedding" in names else None,
         lstms=[net.get_layer(name) for name in lstm_names],
         dropouts=[net.get_layer(f"dropout_{i}") for i in range(len(lstm_names))],
         logits=net.get_layer("logits"),

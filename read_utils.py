@@ -30,6 +30,9 @@ _BINARY_MAGIC = {
 }
 
 
+PACKED = 1 << 16  # ids at or above it carry more than a character (poem_position.pack); targets keep the character
+
+
 class InputError(ValueError):
     """A problem with the user's input, reported as one line without a traceback."""
 
@@ -445,7 +448,7 @@ class StreamReader:
         """(inputs, targets, starts_epoch) of the window served at a given training step."""
         k = step % self.windows_per_epoch
         block = self.streams[:, k * self.seq_length : (k + 1) * self.seq_length + 1].astype(np.int32)
-        return block[:, :-1], block[:, 1:], k == 0
+        return block[:, :-1], block[:, 1:] % PACKED, k == 0
 
     def windows(self, first_step, count):
         """(inputs [B, count, T], targets [B, count, T], starts_epoch [count]): the windows of count
@@ -488,9 +491,9 @@ class EvalWindows:
         self.streams = ids[starts[:, None] + np.arange(stream_length + 1)[None, :]].astype(np.int32)
         self.seq_length = seq_length
         self.num_targets = self.num_streams * stream_length
-        self.num_unknown_targets = int((self.streams[:, 1:] == 0).sum())
+        self.num_unknown_targets = int((self.streams[:, 1:] % PACKED == 0).sum())
 
     def __iter__(self):
         for k in range(0, self.streams.shape[1] - 1, self.seq_length):
             block = self.streams[:, k : k + self.seq_length + 1]
-            yield block[:, :-1], block[:, 1:]
+            yield block[:, :-1], block[:, 1:] % PACKED

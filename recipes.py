@@ -25,8 +25,10 @@ class Recipe(typing.NamedTuple):
 
 
 RECIPES = {
-    # The Complete Tang Poems (--input tang): wider windows and batches and a wider LSTM.
-    "tang": Recipe("tang", "the built-in Complete Tang Poems", {"batch_size": 64, "seq_length": 32, "lstm_size": 256}),
+    # The Complete Tang Poems (--input tang): wider windows and batches and a wider LSTM, and each
+    # character's place in its poem and the rhyme so far fed beside it (poem_position.py).
+    "tang": Recipe("tang", "the built-in Complete Tang Poems",
+                   {"batch_size": 64, "seq_length": 32, "lstm_size": 256, "poem_position": True}),
     # poetry.txt (0.9 M characters, 5,400 distinct) and the like: a wide LSTM, and dropout enough
     # that ten minutes do not memorise it.
     "ideographic": Recipe("ideographic", f"{SMALL_CORPUS:,} to {LARGE_CORPUS:,} characters of a large alphabet",

@@ -29,6 +29,7 @@ class ModelConfig:
     num_layers: int = 1  # stacked LSTM layers
     dropout: float = 0.1  # dropout after each LSTM layer, training only
     use_embedding: bool = True  # False feeds one-hot vectors, as the original offered
+    poem_position: bool = False  # also feed each character's slot in its poem and the rhyme so far (poem_position.py)
 
     def to_json(self):
         return dataclasses.asdict(self)

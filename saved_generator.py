@@ -61,7 +61,8 @@ class SavedGenerator(tf.Module):
     def __init__(self, gen):
         super().__init__()
         variable = lambda value: tf.Variable(value, trainable=False)  # noqa: E731
-        self.step_weights = [variable(weights) for weights in tf.nest.flatten(gen.step)]
+        self.step_weights = [variable(weights) for weights in tf.nest.flatten(gen.step._replace(position=()))]
+        self.position_weights = [variable(weights) for weights in gen.step.position or ()]
         self.masks = variable(gen.masks)
         self.newline, self.burn_in = gen.newline, gen.burn_in
         self.records = gen.records  # a run on poems separated by empty lines writes whole poems, titles included
@@ -78,7 +79,8 @@ class SavedGenerator(tf.Module):
         that the loaded SavedModel keeps a restore object alive for, which errs at exit.
         """
         table, recurrent, *stacked, output_kernel = map(tf.convert_to_tensor, self.step_weights)
-        return generator.CharStep(table, recurrent, tuple(stacked), output_kernel)
+        position = generator.PositionTables(*map(tf.convert_to_tensor, self.position_weights)) if self.position_weights else None
+        return generator.CharStep(table, recurrent, tuple(stacked), output_kernel, position)
 
     @tf.function(input_signature=SIGNATURE)
     def generate(self, start_string, max_length, max_lines, temperature, top_k, top_p, seed, form, acrostic):

@@ -48,6 +48,9 @@ flags.DEFINE_integer("num_layers", default("num_layers"), "stacked LSTM layers",
 flags.DEFINE_integer("embedding_size", default("embedding_size"), "character embedding width", lower_bound=1)
 flags.DEFINE_boolean("use_embedding", default("use_embedding"),
                      "learn an embedding; false feeds one-hot vectors (small alphabets)")
+flags.DEFINE_boolean("poem_position", default("poem_position"),
+                     "also feed the model, beside each character, its slot in the poem and the poem's rhyme group so "
+                     "far (poem_position.py); for a corpus of titled poems separated by empty lines, such as tang")
 flags.DEFINE_float("dropout", default("dropout"), "dropout after each LSTM layer, in [0, 1)")
 flags.DEFINE_float("learning_rate", 0.008, "peak Adam learning rate", lower_bound=0)
 flags.DEFINE_integer("warmup_steps", 100, "steps of linear learning-rate warmup", lower_bound=0)

@@ -27,6 +27,7 @@ import distribute
 import model as model_lib
 import monitor
 import poem_metrics
+import poem_position
 import read_utils
 import run_dir
 import tuning
@@ -61,7 +62,13 @@ def train_with(strategy, inputs, scratch):
     cache_dir = os.path.join(scratch, "corpus") if scratch else os.path.join(FLAGS.cache_dir, corpus_sha256[:16])
     data = load_corpus(corpus, saved_vocab, corpus_sha256, cache_dir)
     vocab = data.vocab
-    reader = read_utils.StreamReader(data.train_ids, FLAGS.batch_size, FLAGS.seq_length)
+    if FLAGS.poem_position and data.split != read_utils.RECORDS:
+        raise read_utils.InputError(
+            f"--poem_position needs poems separated by empty lines, each a title line and its body (such as "
+            f"--input tang); {corpus} has no such records: leave out --poem_position"
+        )
+    train_ids, val_ids = (poem_position.model_ids(ids, vocab, FLAGS.poem_position) for ids in (data.train_ids, data.val_ids))
+    reader = read_utils.StreamReader(train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = run_dir.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in run_dir.MODEL_FLAGS})
     logging.info(
         "corpus %s: %s training and %s validation characters (whole %s held out), vocabulary %d (%.2f%% of the "
@@ -108,7 +115,7 @@ def train_with(strategy, inputs, scratch):
             monitor.log_run_config(logdir, record)
             projector = monitor.EmbeddingProjector(logdir, net, vocab) if config.use_embedding else None
         if len(data.val_ids) > 1:
-            windows = read_utils.EvalWindows(data.val_ids, 16, tuning.VALIDATION_WINDOW, max_chars=FLAGS.eval_chars)
+            windows = read_utils.EvalWindows(val_ids, 16, tuning.VALIDATION_WINDOW, max_chars=FLAGS.eval_chars)
             evaluator = monitor.Evaluator(config, windows)
         if FLAGS.eval_poems:
             sampler = monitor.PoemSampler(config, vocab, FLAGS.eval_poems, FLAGS.eval_temperature, FLAGS.seed, scorer,

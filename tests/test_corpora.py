@@ -191,7 +191,7 @@ def test_train_and_sample_on_tang_by_name(tmp_path):
     given = set(model[::2]) | {"--max_steps"}
     assert corpus["recipe"]["name"] == "tang" and corpus["recipe"]["why"] == "--input tang"
     assert corpus["recipe"]["flags"] == {k: v for k, v in recipes.RECIPES["tang"].flags.items() if f"--{k}" not in given}
-    assert corpus["recipe"]["flags"] == {"batch_size": 64}
+    assert corpus["recipe"]["flags"] == {"batch_size": 64, "poem_position": True}
     # Resumed without --input, the run keeps its corpus and its recipe.
     resumed = run_script("train.py", "--checkpoint_dir", run_dir, "--max_steps", 4, "--eval_poems", 0)
     assert "is not the corpus this run started on" not in resumed.stderr

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import cpu_training
 import model as model_lib
+import poem_position
 import trainer
 from model import build_model, zero_states
 from run_dir import ModelConfig
@@ -50,15 +51,21 @@ def by_hand_forward(net, ids, states, training):
     return [cpu_training.affine(x, output.kernel.value, output.bias.value, model_lib.is_bfloat16(net)), *states]
 
 
-@pytest.mark.parametrize("use_embedding, steps", [(True, 7), (False, 7), (True, 1)])
-def test_cpu_path_computes_the_keras_model_and_its_gradients(use_embedding, steps):
+@pytest.mark.parametrize("use_embedding, steps, positions", [(True, 7, False), (False, 7, False), (True, 1, False),
+                                                             (True, 7, True)])
+def test_cpu_path_computes_the_keras_model_and_its_gradients(use_embedding, steps, positions):
     """The CPU training path (lstm_stack) must be the Keras model: same logits, states and gradients,
-    whether the window splits into pieces (tuning.PIPELINE_PIECES) or is a single step."""
-    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.5, use_embedding=use_embedding)
+    whether the window splits into pieces (tuning.PIPELINE_PIECES) or is a single step, and with
+    poem positions packed into the ids (poem_position.pack) for a model that reads them."""
+    config = ModelConfig(vocab_size=20, embedding_size=8, lstm_size=16, num_layers=2, dropout=0.5,
+                         use_embedding=use_embedding, poem_position=positions)
     net = build_model(config)
     for v in net.trainable_variables:
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=2))
     ids, targets = random_ids(3, steps, seed=1), random_ids(3, steps, seed=2)
+    if positions:
+        packed = np.random.default_rng(4).integers(0, poem_position.SLOTS * poem_position.GROUPS, ids.shape)
+        ids = ids + tf.constant(poem_position.STRIDE * packed, ids.dtype)
     states = [tf.random.normal(s.shape, seed=3 + i) for i, s in enumerate(zero_states(config, 3))]
     seeds = [layer.seed_generator.state for layer in net.layers if isinstance(layer, model_lib.ReplicaDropout)]
     first_seeds = [seed.numpy() for seed in seeds]

@@ -4,6 +4,7 @@ import tensorflow as tf
 
 import generator
 import model as model_lib
+import poem_position
 import read_utils
 import run_dir
 import tuning
@@ -74,27 +75,46 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
 
 # --- the hand-written step ------------------------------------------------------------------------
 
+# 37 characters: line breaks, the clause marks and ideographs of several rhyme groups, so that
+# random text has poems, titles, clauses and rhymes for a model that reads poem positions.
+POEM_VOCAB = read_utils.Vocab([read_utils.UNKNOWN, "\n", *"，。？！；", *"东同中风红空冬农宗江窗双支时诗知微归飞鱼书居虞无湖齐西溪佳灰"])
+
+
 # 1 stream: output_logits' two rows; ahead: the many-stream form, here in float32
-@pytest.mark.parametrize("use_embedding, streams, ahead", [(True, 2, False), (False, 2, False), (True, 1, False),
-                                                           (True, 2, True)])
-def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams, ahead):
+@pytest.mark.parametrize("use_embedding, streams, ahead, positions", [
+    (True, 2, False, False), (False, 2, False, False), (True, 1, False, False), (True, 2, True, False),
+    (True, 2, False, True), (True, 3, True, True),
+])
+def test_hand_written_step_gives_the_keras_models_logits(use_embedding, streams, ahead, positions):
+    vocab = POEM_VOCAB
+    assert len(vocab) == 37
     config = run_dir.ModelConfig(vocab_size=37, embedding_size=8, lstm_size=16, num_layers=3,
-                                   use_embedding=use_embedding)
+                                 use_embedding=use_embedding, poem_position=positions)
     net = model_lib.build_model(config)
     for i, v in enumerate(net.trainable_variables):
         v.assign(tf.random.normal(v.shape, stddev=0.5, seed=i))
-    ids = np.random.default_rng(0).integers(0, 37, (streams, 15)).astype(np.int32)
-    expected = net([tf.constant(ids), *model_lib.zero_states(config, streams)], training=False)[0].numpy()
-    step = generator.CharStep.from_model(net)
+    # Line breaks and clause marks often enough for empty lines, titles and second clauses.
+    ids = np.random.default_rng(0).choice(37, (streams, 60), p=np.r_[[0.0, 0.12], [0.04] * 5, [0.68 / 30] * 30]).astype(np.int32)
+    facts = poem_position.CharFacts.of(vocab.chars)
+    inputs = np.stack([poem_position.pack(row, facts) for row in ids]) if positions else ids
+    expected = net([tf.constant(inputs), *model_lib.zero_states(config, streams)], training=False)[0].numpy()
+    step = generator.CharStep.from_model(net, vocab)
     advance = step.ahead if ahead else step
     state, logits = step.zero_state(streams, ahead), []
+    position = poem_position.State.start(streams) if positions else None
     for t in range(ids.shape[1]):
-        out, state = advance(tf.constant(ids[:, t]), state)
+        if positions:  # where the input character stands, as pack computes it
+            position = position.advance(tf.gather(step.position.kind, ids[:, t]), tf.gather(step.position.group, ids[:, t]))
+        out, state = advance(tf.constant(ids[:, t]), state, position=position)
         logits.append(out.numpy())
     logits = np.stack(logits, axis=1)
     assert logits.shape[-1] % generator.BLOCK == 0
     np.testing.assert_allclose(logits[..., :37], expected, rtol=1e-5, atol=1e-5)
     assert np.isneginf(logits[..., 37:]).all()
+    if positions:  # the positions reached slots of both kinds of clause, and rhymes
+        slots, groups = np.divmod(inputs // poem_position.STRIDE, poem_position.GROUPS)
+        assert (slots > poem_position.PLACES).any() and (slots[slots > 0] <= poem_position.PLACES).any()
+        assert (groups > 0).any()
 
 
 # --- generation from a trained run ------------------------------------------------------------------

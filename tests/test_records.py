@@ -26,11 +26,12 @@ class ScriptedStep(typing.NamedTuple):
     loop's burn-in, plan and stopping are then seen exactly."""
 
     script: tf.Tensor  # [steps] ids
+    position: None = None  # reads no poem positions (generator.PositionTables)
 
     def zero_state(self, num_streams, ahead=False):
         return (tf.zeros([num_streams], tf.int32),)
 
-    def __call__(self, ids, state, bfloat16=False):
+    def __call__(self, ids, state, bfloat16=False, position=None):
         (t,) = state
         logits = tf.one_hot(tf.gather(self.script, t), WIDTH, on_value=10.0, off_value=-10.0)
         return logits, (t + 1,)
@@ -112,15 +113,17 @@ def record_run(tmp_path_factory):
     corpus = root / "poems.txt"
     corpus.write_text(titled_poems(400), encoding="utf-8")
     run_dir = root / "run"
+    # Reading poem positions, as tang's recipe does (poem_position.py).
     run_script("train.py", "--input", corpus, "--checkpoint_dir", run_dir, *TINY_MODEL, "--max_steps", 300,
-               "--warmup_steps", 10, "--learning_rate", 0.01, "--eval_every", 150, "--save_every_n", 150)
+               "--warmup_steps", 10, "--learning_rate", 0.01, "--eval_every", 150, "--save_every_n", 150,
+               "--poem_position")
     return run_dir, corpus
 
 
 def test_a_record_corpus_is_split_by_poems_and_config_json_says_so(record_run):
     run_dir, corpus = record_run
     record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    assert record["corpus"]["split"] == read_utils.RECORDS
+    assert record["corpus"]["split"] == read_utils.RECORDS and record["model"]["poem_position"]
     assert record["corpus"]["name"] is None
     # A small corpus gets the small recipe, whose flags TINY_MODEL gives (test_small_corpora.py tests them).
     assert record["corpus"]["recipe"] == {"name": "small", "why": recipes.choose(None, str(corpus))[1], "flags": {}}

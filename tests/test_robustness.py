@@ -95,6 +95,14 @@ def test_gbk_corpus_message_suggests_converting(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_poem_positions_are_refused_on_a_corpus_of_lines(tmp_path):
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text(couplets(300), encoding="utf-8")
+    result = train_into(tmp_path / "new", "--input", corpus, "--poem_position")
+    assert_clean_failure(result, "--poem_position needs poems separated by empty lines", "leave out --poem_position")
+    assert not (tmp_path / "new").exists()
+
+
 def test_windows_line_ends_and_bom_train_like_the_plain_text(tmp_path):
     text = couplets(300)
     plain, windows = tmp_path / "plain.txt", tmp_path / "windows.txt"
