@@ -627,8 +627,21 @@ def seed_groups(seed, streams):
 
 
 def stream_uniforms(groups, steps):
-    """[steps, streams] uniform numbers, one column per stream, for the seed groups (seed_groups)."""
-    return tf.concat([tf.random.stateless_uniform([steps, count], seed=[seed, 0]) for seed, count in groups], 1)
+    """[steps, streams] uniform numbers, one column per stream, for the seed groups (seed_groups):
+    group (seed, count)'s columns are tf.random.stateless_uniform([steps, count], seed=[seed, 0])."""
+    seeds, counts = zip(*groups)
+    return group_uniforms(tf.constant(seeds, tf.int64), tf.constant(counts, tf.int32), tf.constant(steps))
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
+def group_uniforms(seeds, counts, steps):
+    """stream_uniforms' numbers in one graph call: op by op in eager mode, a call of 64 one-stream
+    groups (serve.py's) costs a tenth of its generation loop."""
+    blocks = tf.TensorArray(tf.float32, size=tf.size(seeds), infer_shape=False, element_shape=tf.TensorShape([None, None]))
+    for i in tf.range(tf.size(seeds)):
+        seed = tf.stack([seeds[i], tf.constant(0, tf.int64)])
+        blocks = blocks.write(i, tf.transpose(tf.random.stateless_uniform(tf.stack([steps, counts[i]]), seed=seed)))
+    return tf.transpose(blocks.concat())
 
 
 def decoding_args(temperature, top_k, top_p, vocab_size):

@@ -36,7 +36,13 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, obj):
-        return cls(**{f.name: obj[f.name] for f in dataclasses.fields(cls)})
+        """The config of config.json's "model" section; a run made before a field in LATER_FIELDS
+        existed has its default."""
+        return cls(**{f.name: obj[f.name] if f.name in obj or f.name not in LATER_FIELDS else f.default
+                      for f in dataclasses.fields(cls)})
+
+
+LATER_FIELDS = ("poem_position",)  # ModelConfig fields that runs made before them lack
 
 
 # config.json's "model" section is ModelConfig; its "training" section holds these train.py flags.

@@ -173,7 +173,7 @@ def adopt_saved_settings(saved):
     silently change what the checkpoint means. Recipe flags (steps, learning rate, ...) may change,
     and the rest of the recipe is kept.
     """
-    previous = saved["model"] | saved["training"]
+    previous = run_dir.ModelConfig.from_json(saved["model"]).to_json() | saved["training"]  # a later field at its default
     for key in run_dir.MODEL_FLAGS + run_dir.READER_FLAGS + run_dir.RECIPE_FLAGS:
         if key not in previous:
             continue

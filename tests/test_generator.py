@@ -73,6 +73,15 @@ def test_temperature_sharpens_and_greedy_takes_the_first_highest():
     assert generator.greedy(tf.constant(tied)).numpy().tolist() == [7]
 
 
+def test_stream_uniforms_are_each_seed_groups_own_numbers():
+    """One graph call gives each group (seed, count) the columns that seed alone draws, so a
+    request sharing a call writes what sample.py writes with its seed."""
+    groups = [(5, 3), (2**40, 2), (7, 1), (-5, 2), (2**63 - 1, 1), (0, 1)]
+    expected = np.concatenate([tf.random.stateless_uniform([37, count], seed=[seed, 0]).numpy() for seed, count in groups], 1)
+    np.testing.assert_array_equal(generator.stream_uniforms(groups, 37).numpy(), expected)
+    assert not np.array_equal(expected[:, 5], expected[:, 6])  # different seeds, different numbers
+
+
 # --- the hand-written step ------------------------------------------------------------------------
 
 # 37 characters: line breaks, the clause marks and ideographs of several rhyme groups, so that

@@ -98,3 +98,10 @@ def test_layers_are_found_by_name_for_every_input_kind():
 
 def test_config_json_round_trip():
     assert ModelConfig.from_json(CONFIG.to_json()) == CONFIG
+
+
+def test_a_run_from_before_poem_positions_loads_without_them_and_other_fields_stay_required():
+    older = {k: v for k, v in CONFIG.to_json().items() if k != "poem_position"}
+    assert ModelConfig.from_json(older) == CONFIG and not CONFIG.poem_position
+    with pytest.raises(KeyError, match="lstm_size"):
+        ModelConfig.from_json({k: v for k, v in older.items() if k != "lstm_size"})
