@@ -16,9 +16,10 @@ Both are embedded and added to the character's embedding. The model still choose
 character from its own distribution: nothing is masked, so a rhyme is learnt, not enforced.
 
 The layout is the record corpus' (read_utils.RECORDS): a poem is its title line, then its body,
-then an empty line. The facts after each character follow from the one before and the character
-(advance); features() runs that over an id array for training, generator.py over each sampled
-character in the compiled loop.
+then an empty line. The facts after a character follow from the State before it and the character:
+State.advance steps each stream's in generator.py's compiled loop, and features() does the same
+in Python ints over the training text's ids, which pack() then carries to the model
+(tests/test_poem_position.py checks that the two agree).
 """
 
 import typing
