@@ -185,3 +185,17 @@ def test_evaluate_scores_a_record_run(record_run):
     run_dir, corpus = record_run
     result = run_script("evaluate.py", "--checkpoint_dir", run_dir, "--input", corpus, "--num_samples", 4)
     assert "loss:" in result.stdout and "whole poems" in result.stdout
+
+
+@pytest.mark.slow  # an export, and a client process that loads it
+def test_the_export_of_a_run_reading_poem_positions_writes_what_the_generator_writes(record_run, tmp_path):
+    from test_export import call_exported, request
+
+    out = tmp_path / "exported" / "1"
+    run_script("export.py", "--checkpoint_dir", record_run[0], "--out", out)
+    cases = [(1, dict(form="五言绝句", seed=5)), (2, dict(max_length=80, temperature=0.8, seed=3))]
+    answers = call_exported(out, [request([""] * streams, **settings) for streams, settings in cases], tmp_path)
+    for (streams, settings), answer in zip(cases, answers["signature"]):
+        assert answer["error"] == ""
+        assert answer["texts"] == load(record_run[0], streams).generate("", metre="off", **settings)
+        assert all(text.count("\n") >= 3 for text in answer["texts"])  # a title line and a body
