@@ -67,7 +67,8 @@ def train_with(strategy, inputs, scratch):
             f"--poem_position needs poems separated by empty lines, each a title line and its body (such as "
             f"--input tang); {corpus} has no such records: leave out --poem_position"
         )
-    train_ids, val_ids = (poem_position.model_ids(ids, vocab, FLAGS.poem_position) for ids in (data.train_ids, data.val_ids))
+    train_ids, val_ids = (poem_position.model_ids(ids, vocab, FLAGS.poem_position, cache_dir)
+                          for ids in (data.train_ids, data.val_ids))
     reader = read_utils.StreamReader(train_ids, FLAGS.batch_size, FLAGS.seq_length)
     config = run_dir.ModelConfig(vocab_size=len(vocab), **{k: FLAGS[k].value for k in run_dir.MODEL_FLAGS})
     logging.info(

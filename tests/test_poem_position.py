@@ -78,3 +78,18 @@ def test_a_vocabulary_too_large_to_pack_is_refused():
     chars = [read_utils.UNKNOWN] + [chr(0x4E00 + i) for i in range(read_utils.PACKED)]  # one id too many
     with pytest.raises(read_utils.InputError, match="--max_vocab"):
         pp.model_ids(np.zeros(3, np.int32), read_utils.Vocab(chars), True)
+
+
+def test_packed_ids_are_kept_in_the_cache_and_made_anew_for_other_ids_or_vocabulary(tmp_path):
+    ids = VOCAB.encode(TEXT)
+    made = pp.model_ids(ids, VOCAB, True, str(tmp_path))
+    assert len(list(tmp_path.glob("positions-*.npy"))) == 1 and not list(tmp_path.glob("*.tmp*"))
+    read = pp.model_ids(ids, VOCAB, True, str(tmp_path))
+    assert isinstance(read, np.memmap)  # read back, not made again
+    np.testing.assert_array_equal(read, made)
+    np.testing.assert_array_equal(made, pp.model_ids(ids, VOCAB, True))
+    reordered = read_utils.Vocab(VOCAB.chars[:1] + VOCAB.chars[:0:-1])
+    np.testing.assert_array_equal(pp.model_ids(reordered.encode(TEXT), reordered, True, str(tmp_path)) % pp.STRIDE,
+                                  reordered.encode(TEXT))
+    pp.model_ids(ids[:-3], VOCAB, True, str(tmp_path))
+    assert len(list(tmp_path.glob("positions-*.npy"))) == 3
