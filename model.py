@@ -16,7 +16,6 @@ from keras import layers
 import poem_position
 
 
-
 class OneHot(layers.Layer):
     """Ids to one-hot vectors: the original project's input for small alphabets."""
 
