@@ -53,7 +53,8 @@ def lstm_stack(net, ids, states, training):
     """
     bfloat16 = model_lib.is_bfloat16(net)
     found = model_lib.layers_of(net)
-    chars, slots, groups = model_lib.unpack(tf.transpose(ids))
+    time_major = tf.transpose(ids)
+    chars, slots, groups = model_lib.unpack(time_major) if found.slot_embedding is not None else (time_major, None, None)
     if found.embedding is not None:
         # The float32 table's rows: the layer itself would first cast its whole table under the
         # bfloat16 policy, and the first matmul rounds these rows to bfloat16 all the same.

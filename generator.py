@@ -347,9 +347,10 @@ def generation_loop(step, masks, forced, classes, uniforms, length, max_lines, n
     log-probability is the sum over the stream's sampled kept characters of the model's own
     log-probability of each (log_softmax_at); without it, zeros. A model that reads poem positions
     (step.position) gets each stream's, stepped with every character (poem_position.State).
-    many: CharStep.ahead's form, for tuning.MANY_STREAMS streams or more; bfloat16: bfloat16 matmul inputs (CharStep). records,
-    model_title, score, many and bfloat16 are Python booleans, compiled into the loop; many is given apart from the shapes, which may be unknown when the loop
-    is traced (saved_generator.py traces it for any number of streams and any length).
+    many: CharStep.ahead's form, for tuning.MANY_STREAMS streams or more; bfloat16: bfloat16 matmul
+    inputs (CharStep). records, model_title, score, many and bfloat16 are Python booleans, compiled
+    into the loop; many is given apart from the shapes, which may be unknown when the loop is traced
+    (saved_generator.py traces it for any number of streams and any length).
     Module-level, so every generator of the same shapes and decoding shares one compiled program.
     """
     steps, n = dims(uniforms)

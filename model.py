@@ -60,7 +60,7 @@ def build_model(config, precision="float32"):
     """
     policy = PRECISIONS[precision]
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    chars, slots, groups = unpack(ids, keras.ops)
+    chars, slots, groups = unpack(ids) if config.poem_position else (ids, None, None)
     if config.use_embedding:
         x = layers.Embedding(config.vocab_size, config.embedding_size, dtype=policy, name="embedding")(chars)
     else:
@@ -83,11 +83,11 @@ def build_model(config, precision="float32"):
     return keras.Model([ids, *states], [logits, *new_states], name="char_rnn")
 
 
-def unpack(ids, ops=keras.ops):
-    """(character ids, slots, rhyme groups) of the model's input ids, which poem_position.pack
-    may have packed (slots and groups are 0 where it did not)."""
-    position = ops.floor_divide(ids, poem_position.STRIDE)
-    return ops.mod(ids, poem_position.STRIDE), ops.floor_divide(position, poem_position.GROUPS), ops.mod(position, poem_position.GROUPS)
+def unpack(ids):
+    """(character ids, slots, rhyme groups) of ids that poem_position.pack packed."""
+    position = keras.ops.floor_divide(ids, poem_position.STRIDE)
+    return (keras.ops.mod(ids, poem_position.STRIDE), keras.ops.floor_divide(position, poem_position.GROUPS),
+            keras.ops.mod(position, poem_position.GROUPS))
 
 
 def zero_states(config, batch_size):

@@ -84,14 +84,13 @@ class State(typing.NamedTuple):
         ends = clause_end & ~self.in_title
         clauses = self.clauses + tf.cast(ends, tf.int32)
         written = tf.where(ends, 0, self.written + tf.cast(tf.equal(kind, OTHER) & ~self.in_title, tf.int32))
-        zeros = tf.zeros_like(clauses)
         return State(
             after_newline=newline,
             in_title=reset | (self.in_title & ~newline),
-            clauses=tf.where(reset, zeros, clauses),
-            written=tf.where(reset, zeros, written),
-            first_length=tf.where(reset, zeros, tf.where(ends & tf.equal(clauses, 1), self.written, self.first_length)),
-            rhyme=tf.where(reset, zeros, tf.where(ends & tf.equal(clauses, 2), self.last_group, self.rhyme)),
+            clauses=tf.where(reset, 0, clauses),
+            written=tf.where(reset, 0, written),
+            first_length=tf.where(reset, 0, tf.where(ends & tf.equal(clauses, 1), self.written, self.first_length)),
+            rhyme=tf.where(reset, 0, tf.where(ends & tf.equal(clauses, 2), self.last_group, self.rhyme)),
             last_group=group,
         )
 

@@ -27,14 +27,16 @@ def gathered_sizes(arrival_gaps, wait_seconds, calls, max_batch=64):
 
 
 def test_requests_that_keep_coming_share_a_call_and_a_pause_ends_it():
-    # A burst of four, 20 ms apart, then a pause of a second: two calls, of four and of two.
+    # A burst of four arriving well within the wait of each other, then a pause of ten waits, then
+    # two more: two calls, of four and of two.
     assert gathered_sizes([0, 0.02, 0.02, 0.02, 1.0, 0.02], wait_seconds=0.1, calls=2) == [4, 2]
 
 
 def test_a_call_waits_for_no_more_than_its_limit_or_its_batch():
-    # Requests every 50 ms without end: a call takes what came within GATHER_WAITS waits of 0.1 s.
+    # Requests at half the wait apart without end: a call takes what came within GATHER_WAITS waits.
     first = gathered_sizes([0.05] * 60, wait_seconds=0.1, calls=1)[0]
     assert 2 <= first <= 0.1 * serving.GATHER_WAITS / 0.05 + 2
+
 
 def test_a_full_batch_goes_at_once_however_long_the_wait():
     async def scenario():
